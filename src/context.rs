@@ -1,0 +1,116 @@
+//! What the ready function and the disconnect callback learn about the request.
+
+use std::{convert::Infallible, fmt, sync::Arc};
+
+use http::{Extensions, HeaderMap, Method, Uri, Version, request::Parts};
+
+/// The header a reconnecting `EventSource` sends with the last id it saw.
+pub const LAST_EVENT_ID: &str = "last-event-id";
+
+/// The request that opened a stream: method, URI, version, headers,
+/// extensions and its `Last-Event-ID`. Cheap to clone.
+///
+/// The stream layer builds it for the ready function; in a handler it is an
+/// axum extractor, to pass to [`start_stream`](crate::start_stream).
+#[derive(Clone)]
+pub struct StreamContext {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    method: Method,
+    uri: Uri,
+    version: Version,
+    headers: HeaderMap,
+    extensions: Extensions,
+}
+
+impl StreamContext {
+    /// Copies what the stream needs from request parts.
+    pub fn from_parts(parts: &Parts) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                method: parts.method.clone(),
+                uri: parts.uri.clone(),
+                version: parts.version,
+                headers: parts.headers.clone(),
+                extensions: parts.extensions.clone(),
+            }),
+        }
+    }
+
+    /// Copies what the stream needs from a request (its body is not used).
+    pub fn from_request<B>(request: &http::Request<B>) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                method: request.method().clone(),
+                uri: request.uri().clone(),
+                version: request.version(),
+                headers: request.headers().clone(),
+                extensions: request.extensions().clone(),
+            }),
+        }
+    }
+
+    /// The request method.
+    pub fn method(&self) -> &Method {
+        &self.inner.method
+    }
+
+    /// The request URI (path and query, as the server received it).
+    pub fn uri(&self) -> &Uri {
+        &self.inner.uri
+    }
+
+    /// The request's HTTP version.
+    pub fn version(&self) -> Version {
+        self.inner.version
+    }
+
+    /// The request headers.
+    pub fn headers(&self) -> &HeaderMap {
+        &self.inner.headers
+    }
+
+    /// The request extensions (for example what an authentication layer inserted).
+    pub fn extensions(&self) -> &Extensions {
+        &self.inner.extensions
+    }
+
+    /// The `Last-Event-ID` the client sent when reconnecting, if any and if it
+    /// is valid UTF-8 (browsers send UTF-8).
+    ///
+    /// ```
+    /// let request = http::Request::builder()
+    ///     .header("last-event-id", "41")
+    ///     .body(())
+    ///     .unwrap();
+    /// let ctx = tower_sse::StreamContext::from_request(&request);
+    /// assert_eq!(ctx.last_event_id(), Some("41"));
+    /// ```
+    pub fn last_event_id(&self) -> Option<&str> {
+        self.inner
+            .headers
+            .get(LAST_EVENT_ID)
+            .and_then(|value| std::str::from_utf8(value.as_bytes()).ok())
+    }
+}
+
+impl fmt::Debug for StreamContext {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StreamContext")
+            .field("method", &self.inner.method)
+            .field("uri", &self.inner.uri)
+            .field("version", &self.inner.version)
+            .field("last_event_id", &self.last_event_id())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for StreamContext {
+    type Rejection = Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        Ok(Self::from_parts(parts))
+    }
+}

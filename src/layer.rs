@@ -1,0 +1,323 @@
+//! The tower layer (Pedestal's `start-event-stream` interceptor).
+
+use std::{
+    fmt,
+    future::Future,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll, ready},
+    time::Duration,
+};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body::{Body, Frame, SizeHint};
+use pin_project_lite::pin_project;
+use tower::{Layer, Service};
+
+use crate::{
+    Buffer, DisconnectReason, EventSender, EventStream, SseStats, StreamContext,
+    stream::{
+        DEFAULT_BUFFER, DEFAULT_HEARTBEAT, StreamConfig, set_stream_headers, starts_stream,
+    },
+};
+
+/// Wraps a handler so that its successful responses become event streams,
+/// like Pedestal's `start-event-stream`.
+///
+/// The ready function is called once, concurrently with the stream, with
+/// the stream's [`EventSender`] and the request's [`StreamContext`].
+/// Heartbeat: a comment after each `heartbeat` of silence (`Duration::ZERO`
+/// turns heartbeats off). Buffer: anything `Into<Buffer>` (a number is a
+/// fixed buffer).
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use axum::{Router, routing::get};
+/// use tower_sse::{Event, EventSender, StreamContext, start_event_stream};
+///
+/// async fn ready(events: EventSender, _ctx: StreamContext) {
+///     for i in 0..10 {
+///         if events.send(Event::new(i.to_string()).name("counter")).await.is_err() {
+///             return;
+///         }
+///         tokio::time::sleep(Duration::from_secs(1)).await;
+///     }
+/// }
+///
+/// let app: Router = Router::new().route(
+///     "/counter",
+///     get(|| async {}).layer(start_event_stream(ready, Duration::from_secs(10), 10)),
+/// );
+/// ```
+pub fn start_event_stream<F, Fut>(
+    ready: F,
+    heartbeat: Duration,
+    buffer: impl Into<Buffer>,
+) -> SseLayer
+where
+    F: Fn(EventSender, StreamContext) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    SseLayer::new(ready).heartbeat(heartbeat).buffer(buffer)
+}
+
+/// Pedestal's old name for [`start_event_stream`].
+#[deprecated(since = "0.7.0", note = "Pedestal deprecated sse-setup in 0.7.0; use start_event_stream")]
+pub fn sse_setup<F, Fut>(ready: F, heartbeat: Duration, buffer: impl Into<Buffer>) -> SseLayer
+where
+    F: Fn(EventSender, StreamContext) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    start_event_stream(ready, heartbeat, buffer)
+}
+
+/// Ends the stream a sender belongs to (queued events are still delivered),
+/// like Pedestal's `end-event-stream`.
+#[deprecated(since = "0.4.0", note = "Pedestal deprecated end-event-stream in 0.4.0; use EventSender::close or drop the senders")]
+pub fn end_event_stream(sender: &EventSender) {
+    sender.close();
+}
+
+/// A [`Layer`] that turns a handler's 2xx responses into event streams.
+///
+/// The inner service runs first. A response that is not 2xx (or is 204 or
+/// 205) passes through untouched and no stream starts. A 2xx response keeps
+/// its status and headers, gets `Content-Type: text/event-stream;
+/// charset=UTF-8`, `Cache-Control: no-cache`, `X-Accel-Buffering: no` (and
+/// `Connection: close` on HTTP/1.x), and its body becomes the stream.
+///
+/// Built by [`start_event_stream`] or [`SseLayer::new`] with Pedestal's
+/// defaults (heartbeat 10 s, fixed buffer of 10).
+#[derive(Clone)]
+pub struct SseLayer {
+    config: Arc<StreamConfig>,
+}
+
+impl SseLayer {
+    /// A layer calling `ready` for each stream, with a 10 s heartbeat and a
+    /// fixed buffer of 10.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_sse::{Buffer, SseLayer};
+    ///
+    /// let layer = SseLayer::new(|events: tower_sse::EventSender, _ctx| async move {
+    ///     let _ = events.send("hi").await;
+    /// })
+    /// .heartbeat(Duration::from_secs(15))
+    /// .buffer(Buffer::sliding(100))
+    /// .on_client_disconnect(|ctx, reason| tracing::info!(uri = %ctx.uri(), ?reason, "stream ended"));
+    /// # let _ = layer;
+    /// ```
+    pub fn new<F, Fut>(ready: F) -> Self
+    where
+        F: Fn(EventSender, StreamContext) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let mut config = StreamConfig::new(ready, DEFAULT_HEARTBEAT, Buffer::fixed(DEFAULT_BUFFER));
+        config.stats = Some(SseStats::default());
+        Self {
+            config: Arc::new(config),
+        }
+    }
+
+    /// Sends a heartbeat comment after each `delay` of silence; `Duration::ZERO`
+    /// turns heartbeats off.
+    pub fn heartbeat(mut self, delay: Duration) -> Self {
+        Arc::make_mut(&mut self.config).heartbeat = delay;
+        self
+    }
+
+    /// Sets each stream's buffer (a number is a fixed buffer; see [`Buffer`]).
+    pub fn buffer(mut self, buffer: impl Into<Buffer>) -> Self {
+        Arc::make_mut(&mut self.config).buffer = buffer.into();
+        self
+    }
+
+    /// Calls `f` once when each stream ends, with the request context and why
+    /// it ended (Pedestal's `:on-client-disconnect`). A panic in `f` is
+    /// caught and logged.
+    pub fn on_client_disconnect<F>(mut self, f: F) -> Self
+    where
+        F: Fn(&StreamContext, DisconnectReason) + Send + Sync + 'static,
+    {
+        Arc::make_mut(&mut self.config).on_disconnect = Some(Arc::new(f));
+        self
+    }
+
+    /// The counters of this layer's streams (shared by its clones).
+    pub fn stats(&self) -> SseStats {
+        self.config.stats.clone().unwrap_or_default()
+    }
+}
+
+impl fmt::Debug for SseLayer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SseLayer")
+            .field("config", &self.config)
+            .finish()
+    }
+}
+
+impl<S> Layer<S> for SseLayer {
+    type Service = SseService<S>;
+
+    fn layer(&self, inner: S) -> SseService<S> {
+        SseService {
+            inner,
+            config: self.config.clone(),
+        }
+    }
+}
+
+/// The service built by [`SseLayer`].
+#[derive(Clone)]
+pub struct SseService<S> {
+    inner: S,
+    config: Arc<StreamConfig>,
+}
+
+impl<S: fmt::Debug> fmt::Debug for SseService<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SseService")
+            .field("inner", &self.inner)
+            .field("config", &self.config)
+            .finish()
+    }
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for SseService<S>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    ResBody: Body<Data = Bytes>,
+{
+    type Response = Response<ResponseBody<ResBody>>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
+        let ctx = StreamContext::from_request(&request);
+        ResponseFuture {
+            inner: self.inner.call(request),
+            stream: Some((self.config.clone(), ctx)),
+        }
+    }
+}
+
+pin_project! {
+    /// The response future of [`SseService`].
+    pub struct ResponseFuture<F> {
+        #[pin]
+        inner: F,
+        stream: Option<(Arc<StreamConfig>, StreamContext)>,
+    }
+}
+
+impl<F: fmt::Debug> fmt::Debug for ResponseFuture<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseFuture")
+            .field("inner", &self.inner)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<F, B, E> Future for ResponseFuture<F>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+{
+    type Output = Result<Response<ResponseBody<B>>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let response = ready!(this.inner.poll(cx))?;
+        let Some((config, ctx)) = this.stream.take() else {
+            // Polled again after completion: a caller bug; answer as if passed through.
+            return Poll::Ready(Ok(response.map(ResponseBody::passthrough)));
+        };
+        if !starts_stream(response.status()) {
+            return Poll::Ready(Ok(response.map(ResponseBody::passthrough)));
+        }
+        let (mut parts, _handler_body) = response.into_parts();
+        set_stream_headers(&mut parts.headers, ctx.version());
+        let stream = EventStream::new(&config, ctx);
+        Poll::Ready(Ok(Response::from_parts(parts, ResponseBody::stream(stream))))
+    }
+}
+
+pin_project! {
+    /// The body of an [`SseService`] response: the handler's own body when it
+    /// passed through, or the event stream.
+    pub struct ResponseBody<B> {
+        #[pin]
+        kind: Kind<B>,
+    }
+}
+
+pin_project! {
+    #[project = KindProj]
+    enum Kind<B> {
+        Passthrough { #[pin] body: B },
+        Stream { stream: EventStream },
+    }
+}
+
+impl<B> ResponseBody<B> {
+    fn passthrough(body: B) -> Self {
+        Self {
+            kind: Kind::Passthrough { body },
+        }
+    }
+
+    fn stream(stream: EventStream) -> Self {
+        Self {
+            kind: Kind::Stream { stream },
+        }
+    }
+}
+
+impl<B: fmt::Debug> fmt::Debug for ResponseBody<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.kind {
+            Kind::Passthrough { body } => f.debug_tuple("Passthrough").field(body).finish(),
+            Kind::Stream { stream } => f.debug_tuple("Stream").field(stream).finish(),
+        }
+    }
+}
+
+impl<B: Body<Data = Bytes>> Body for ResponseBody<B> {
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        match self.project().kind.project() {
+            KindProj::Passthrough { body } => body.poll_frame(cx),
+            KindProj::Stream { stream } => match ready!(Pin::new(stream).poll_frame(cx)) {
+                Some(Ok(frame)) => Poll::Ready(Some(Ok(frame))),
+                Some(Err(never)) => match never {},
+                None => Poll::Ready(None),
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.kind {
+            Kind::Passthrough { body } => body.is_end_stream(),
+            Kind::Stream { stream } => stream.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.kind {
+            Kind::Passthrough { body } => body.size_hint(),
+            Kind::Stream { .. } => SizeHint::default(),
+        }
+    }
+}

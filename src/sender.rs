@@ -1,0 +1,304 @@
+//! The application's handle on a stream: [`EventSender`] and its errors.
+
+use std::{fmt, sync::Arc};
+
+use crate::{
+    channel::{Rejected, Shared},
+    event::{Event, EventError},
+};
+
+/// Sends events to one client's stream; the Rust form of Pedestal's event channel.
+///
+/// Cheap to clone: hand clones to other tasks or threads. The stream ends
+/// when every sender is dropped (queued events are delivered first) or when
+/// [`close`](EventSender::close) is called; after the client goes away, every
+/// send returns [`SendError::Closed`].
+///
+/// Events are encoded (and checked) by the sender, so a bad event is an
+/// [`SendError::Invalid`] at the call site and never reaches the wire.
+pub struct EventSender {
+    shared: Arc<Shared>,
+}
+
+impl EventSender {
+    pub(crate) fn new(shared: Arc<Shared>) -> Self {
+        Self { shared }
+    }
+
+    /// Sends an event, waiting for room in a fixed buffer (core.async's `>!!`).
+    ///
+    /// With a dropping or sliding buffer it never waits: when full, an event is
+    /// dropped and counted (see [`dropped`](Self::dropped)).
+    ///
+    /// # Errors
+    ///
+    /// [`SendError::Closed`] once the stream has ended; [`SendError::Invalid`]
+    /// when the event cannot be encoded.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: if the future is dropped before it completes, the event was
+    /// not queued.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # async fn ready(events: tower_sse::EventSender) {
+    /// use tower_sse::Event;
+    /// if events.send(Event::new("hello").name("greeting")).await.is_err() {
+    ///     return; // the client went away
+    /// }
+    /// # }
+    /// ```
+    pub async fn send(&self, event: impl Into<Event>) -> Result<(), SendError> {
+        let bytes = event.into().encode().map_err(SendError::Invalid)?;
+        let len = bytes.len();
+        self.shared
+            .push(bytes)
+            .await
+            .map_err(|_| SendError::Closed)?;
+        tracing::trace!(bytes = len, "event queued");
+        Ok(())
+    }
+
+    /// Sends an event if there is room now, never waiting (core.async's `put!`).
+    ///
+    /// # Errors
+    ///
+    /// [`TrySendError::Full`] gives the event back when a fixed buffer is full;
+    /// [`TrySendError::Closed`] once the stream has ended;
+    /// [`TrySendError::Invalid`] when the event cannot be encoded.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # fn tick(events: &tower_sse::EventSender) {
+    /// use tower_sse::TrySendError;
+    /// match events.try_send("tick") {
+    ///     Ok(()) => {}
+    ///     Err(TrySendError::Full(_event)) => { /* the client is slow: skip this tick */ }
+    ///     Err(other) => eprintln!("not sent: {other}"),
+    /// }
+    /// # }
+    /// ```
+    pub fn try_send(&self, event: impl Into<Event>) -> Result<(), TrySendError> {
+        let event = event.into();
+        let bytes = event.encode().map_err(TrySendError::Invalid)?;
+        let len = bytes.len();
+        match self.shared.try_push(bytes) {
+            Ok(()) => {
+                tracing::trace!(bytes = len, "event queued");
+                Ok(())
+            }
+            Err(Rejected::Full) => Err(TrySendError::Full(event)),
+            Err(Rejected::Closed) => Err(TrySendError::Closed),
+        }
+    }
+
+    /// Sends an event from a plain (non-async) thread, blocking it until there is room.
+    ///
+    /// Do not call it from async code: blocking a runtime thread can stall
+    /// the very stream it waits on. Use [`send`](Self::send) there.
+    ///
+    /// # Errors
+    ///
+    /// As [`send`](Self::send).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # fn ready(events: tower_sse::EventSender) {
+    /// std::thread::spawn(move || {
+    ///     for i in 0..3 {
+    ///         if events.blocking_send(i.to_string()).is_err() {
+    ///             break;
+    ///         }
+    ///     }
+    /// });
+    /// # }
+    /// ```
+    pub fn blocking_send(&self, event: impl Into<Event>) -> Result<(), SendError> {
+        futures::executor::block_on(self.send(event))
+    }
+
+    /// Stops the stream for every sender: queued events are still delivered,
+    /// then the response body ends cleanly. Further sends return `Closed`.
+    pub fn close(&self) {
+        self.shared.close();
+    }
+
+    /// Waits until the stream accepts no more events: the client went away,
+    /// or [`close`](Self::close) was called.
+    ///
+    /// ```
+    /// # async fn ready(events: tower_sse::EventSender) {
+    /// tokio::select! {
+    ///     _ = events.closed() => { /* client gone: stop the work */ }
+    ///     _ = tokio::time::sleep(std::time::Duration::from_secs(60)) => {}
+    /// }
+    /// # }
+    /// ```
+    pub async fn closed(&self) {
+        self.shared.wait_closed().await;
+    }
+
+    /// Whether the stream accepts no more events.
+    pub fn is_closed(&self) -> bool {
+        self.shared.is_closed()
+    }
+
+    /// How many events the buffer policy has dropped on this stream so far.
+    pub fn dropped(&self) -> u64 {
+        self.shared.dropped()
+    }
+
+    /// How many events are queued and not yet handed to the connection.
+    pub fn queued_events(&self) -> usize {
+        self.shared.queued().0
+    }
+
+    /// How many encoded bytes are queued and not yet handed to the connection.
+    pub fn queued_bytes(&self) -> usize {
+        self.shared.queued().1
+    }
+
+    /// The buffer's capacity in events.
+    pub fn capacity(&self) -> usize {
+        self.shared.capacity()
+    }
+}
+
+impl Clone for EventSender {
+    fn clone(&self) -> Self {
+        self.shared.add_sender();
+        Self {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl Drop for EventSender {
+    fn drop(&mut self) {
+        self.shared.remove_sender();
+    }
+}
+
+impl fmt::Debug for EventSender {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EventSender")
+            .field("closed", &self.is_closed())
+            .field("capacity", &self.capacity())
+            .finish()
+    }
+}
+
+/// Sends an event built from a name, data and id, like Pedestal's `send-event`.
+///
+/// Pedestal's `put-fn` argument maps onto the sender's own methods:
+/// [`EventSender::send`] (waits), [`EventSender::try_send`] (never waits) and
+/// [`EventSender::blocking_send`] (plain threads); this function waits.
+///
+/// # Errors
+///
+/// As [`EventSender::send`].
+///
+/// ```
+/// # async fn ready(events: tower_sse::EventSender) {
+/// tower_sse::send_event(&events, Some("count"), "1", Some("1")).await.ok();
+/// # }
+/// ```
+pub async fn send_event(
+    sender: &EventSender,
+    name: Option<&str>,
+    data: &str,
+    id: Option<&str>,
+) -> Result<(), SendError> {
+    let mut event = Event::new(data);
+    if let Some(name) = name {
+        event = event.name(name);
+    }
+    if let Some(id) = id {
+        event = event.id(id);
+    }
+    sender.send(event).await
+}
+
+/// Writes one heartbeat comment (`: `) now, like Pedestal's `do-heartbeat`.
+///
+/// The heartbeat goes out at the body's next poll, ahead of queued events and
+/// outside the buffer (several requests before that poll give one heartbeat).
+///
+/// # Errors
+///
+/// [`SendError::Closed`] once the stream has ended.
+///
+/// ```
+/// # fn ready(events: tower_sse::EventSender) {
+/// tower_sse::do_heartbeat(&events).ok();
+/// # }
+/// ```
+pub fn do_heartbeat(sender: &EventSender) -> Result<(), SendError> {
+    sender
+        .shared
+        .request_heartbeat()
+        .map_err(|_| SendError::Closed)
+}
+
+/// Why [`EventSender::send`] did not queue an event.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum SendError {
+    /// The stream has ended (the client went away or the stream was closed).
+    Closed,
+    /// The event cannot be encoded.
+    Invalid(EventError),
+}
+
+/// Why [`EventSender::try_send`] did not queue an event.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum TrySendError {
+    /// A fixed buffer is full; the event is given back.
+    Full(Event),
+    /// The stream has ended (the client went away or the stream was closed).
+    Closed,
+    /// The event cannot be encoded.
+    Invalid(EventError),
+}
+
+impl fmt::Display for SendError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Closed => f.write_str("event stream closed"),
+            Self::Invalid(err) => write!(f, "invalid event: {err}"),
+        }
+    }
+}
+
+impl fmt::Display for TrySendError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Full(_) => f.write_str("event buffer full"),
+            Self::Closed => f.write_str("event stream closed"),
+            Self::Invalid(err) => write!(f, "invalid event: {err}"),
+        }
+    }
+}
+
+impl std::error::Error for SendError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Self::Invalid(err) => Some(err),
+            Self::Closed => None,
+        }
+    }
+}
+
+impl std::error::Error for TrySendError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Self::Invalid(err) => Some(err),
+            _ => None,
+        }
+    }
+}

@@ -1,0 +1,162 @@
+//! Starting a stream from inside a handler (Pedestal's `start-stream`), and the
+//! configuration a stream is built from.
+
+use std::{fmt, future::Future, sync::Arc, time::Duration};
+
+use axum::response::{IntoResponse, Response};
+use futures::future::BoxFuture;
+use http::{
+    HeaderMap, HeaderValue, StatusCode, Version,
+    header::{CACHE_CONTROL, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE},
+};
+
+use crate::{Buffer, DisconnectReason, EventSender, EventStream, StreamContext, stats::SseStats};
+
+pub(crate) type ReadyFn =
+    Arc<dyn Fn(EventSender, StreamContext) -> BoxFuture<'static, ()> + Send + Sync>;
+pub(crate) type DisconnectFn = Arc<dyn Fn(&StreamContext, DisconnectReason) + Send + Sync>;
+
+/// Pedestal's default heartbeat delay.
+pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(10);
+/// Pedestal's default buffer size.
+pub const DEFAULT_BUFFER: usize = 10;
+
+/// Everything a new stream is built from.
+#[derive(Clone)]
+pub(crate) struct StreamConfig {
+    pub(crate) ready: ReadyFn,
+    pub(crate) heartbeat: Duration,
+    pub(crate) buffer: Buffer,
+    pub(crate) on_disconnect: Option<DisconnectFn>,
+    pub(crate) stats: Option<SseStats>,
+}
+
+impl StreamConfig {
+    pub(crate) fn new<F, Fut>(ready: F, heartbeat: Duration, buffer: Buffer) -> Self
+    where
+        F: Fn(EventSender, StreamContext) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        Self {
+            ready: Arc::new(move |events, ctx| Box::pin(ready(events, ctx))),
+            heartbeat,
+            buffer,
+            on_disconnect: None,
+            stats: None,
+        }
+    }
+}
+
+impl fmt::Debug for StreamConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StreamConfig")
+            .field("heartbeat", &self.heartbeat)
+            .field("buffer", &self.buffer)
+            .field("on_disconnect", &self.on_disconnect.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Whether a wrapped handler's status starts a stream: any 2xx but 204 and
+/// 205, which tell a client there is no body (204 also stops `EventSource`
+/// from reconnecting).
+pub(crate) fn starts_stream(status: StatusCode) -> bool {
+    status.is_success() && status != StatusCode::NO_CONTENT && status != StatusCode::RESET_CONTENT
+}
+
+/// Sets the headers of an event-stream response, keeping every other header.
+pub(crate) fn set_stream_headers(headers: &mut HeaderMap, version: Version) {
+    headers.insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream; charset=UTF-8"),
+    );
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    headers.remove(CONTENT_LENGTH);
+    // Pedestal closes HTTP/1 connections after the stream; HTTP/2 forbids the header.
+    if version <= Version::HTTP_11 {
+        headers.insert(CONNECTION, HeaderValue::from_static("close"));
+    } else {
+        headers.remove(CONNECTION);
+    }
+}
+
+/// Starts an event stream from inside an ordinary handler, like Pedestal's
+/// `start-stream`: the handler decides (authentication, validation, which
+/// ready function) and returns the stream as its response.
+///
+/// `ready` is called once, concurrently with the stream, with the stream's
+/// [`EventSender`] and `ctx`. A heartbeat comment goes out after each
+/// `heartbeat` of silence (`Duration::ZERO` turns heartbeats off).
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use axum::{Router, routing::get, response::IntoResponse};
+/// use tower_sse::{EventSender, StreamContext, start_stream};
+///
+/// async fn ready(events: EventSender, _ctx: StreamContext) {
+///     let _ = events.send("hello").await;
+/// }
+///
+/// async fn handler(ctx: StreamContext) -> impl IntoResponse {
+///     start_stream(ready, ctx, Duration::from_secs(10), 10)
+///         .on_client_disconnect(|_ctx, reason| tracing::info!(?reason, "gone"))
+/// }
+///
+/// let app: Router = Router::new().route("/events", get(handler));
+/// ```
+pub fn start_stream<F, Fut>(
+    ready: F,
+    ctx: StreamContext,
+    heartbeat: Duration,
+    buffer: impl Into<Buffer>,
+) -> SseResponse
+where
+    F: Fn(EventSender, StreamContext) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    SseResponse {
+        config: StreamConfig::new(ready, heartbeat, buffer.into()),
+        ctx,
+    }
+}
+
+/// An event-stream response from [`start_stream`]; implements [`IntoResponse`].
+#[derive(Debug)]
+#[must_use = "an SseResponse does nothing until it is returned as a response"]
+pub struct SseResponse {
+    config: StreamConfig,
+    ctx: StreamContext,
+}
+
+impl SseResponse {
+    /// Calls `f` once when the stream ends, with the request context and why
+    /// it ended (Pedestal's `:on-client-disconnect`). A panic in `f` is caught
+    /// and logged.
+    pub fn on_client_disconnect<F>(mut self, f: F) -> Self
+    where
+        F: Fn(&StreamContext, DisconnectReason) + Send + Sync + 'static,
+    {
+        self.config.on_disconnect = Some(Arc::new(f));
+        self
+    }
+
+    /// Counts this stream in `stats` (for example a layer's, or one shared by handlers).
+    pub fn stats(mut self, stats: &SseStats) -> Self {
+        self.config.stats = Some(stats.clone());
+        self
+    }
+
+    /// The response as a plain `http::Response`, for servers other than axum.
+    pub fn into_http(self) -> http::Response<EventStream> {
+        let mut response = http::Response::new(EventStream::new(&self.config, self.ctx.clone()));
+        set_stream_headers(response.headers_mut(), self.ctx.version());
+        response
+    }
+}
+
+impl IntoResponse for SseResponse {
+    fn into_response(self) -> Response {
+        self.into_http().map(axum::body::Body::new)
+    }
+}

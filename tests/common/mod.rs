@@ -1,0 +1,97 @@
+//! Helpers shared by the end-to-end tests: a real server on loopback, a real
+//! HTTP client, and the independent `eventsource-stream` parser.
+#![allow(dead_code)]
+
+use std::{net::SocketAddr, time::Duration};
+
+use axum::Router;
+use eventsource_stream::{Event, Eventsource};
+use futures::{Stream, StreamExt};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, TcpStream},
+};
+
+/// Long enough for any step of a test on a loaded machine; every wait is bounded by it.
+pub const PATIENCE: Duration = Duration::from_secs(10);
+
+/// Serves `app` on `127.0.0.1:0` and returns its address.
+pub async fn serve(app: Router) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    addr
+}
+
+/// A GET over real TCP.
+pub async fn fetch(addr: SocketAddr, path: &str) -> reqwest::Response {
+    reqwest::Client::new()
+        .get(format!("http://{addr}{path}"))
+        .send()
+        .await
+        .unwrap()
+}
+
+/// Parses a response body with the independent parser.
+pub fn events(response: reqwest::Response) -> impl Stream<Item = Event> + Unpin {
+    Box::pin(
+        response
+            .bytes_stream()
+            .eventsource()
+            .map(|event| event.expect("the independent parser rejected the stream")),
+    )
+}
+
+/// Every event until the stream ends.
+pub async fn all_events(response: reqwest::Response) -> Vec<Event> {
+    tokio::time::timeout(PATIENCE, events(response).collect())
+        .await
+        .expect("the stream did not end")
+}
+
+/// The next event, within [`PATIENCE`].
+pub async fn next_event(events: &mut (impl Stream<Item = Event> + Unpin)) -> Option<Event> {
+    tokio::time::timeout(PATIENCE, events.next())
+        .await
+        .expect("no event came")
+}
+
+/// A raw HTTP/1.1 GET: returns the head and the whole body as sent on the wire
+/// (chunked framing removed), read until the server closes.
+pub async fn raw_get(addr: SocketAddr, path: &str) -> (String, Vec<u8>) {
+    let mut socket = TcpStream::connect(addr).await.unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n");
+    socket.write_all(request.as_bytes()).await.unwrap();
+    let mut wire = Vec::new();
+    tokio::time::timeout(PATIENCE, socket.read_to_end(&mut wire))
+        .await
+        .expect("the stream did not end")
+        .unwrap();
+    let split = wire.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    let head = String::from_utf8(wire[..split].to_vec()).unwrap();
+    (head, dechunk(&wire[split..]))
+}
+
+/// Removes HTTP/1.1 chunked framing.
+pub fn dechunk(mut wire: &[u8]) -> Vec<u8> {
+    let mut body = Vec::new();
+    loop {
+        let line_end = wire.windows(2).position(|w| w == b"\r\n").unwrap();
+        let size = usize::from_str_radix(std::str::from_utf8(&wire[..line_end]).unwrap(), 16).unwrap();
+        wire = &wire[line_end + 2..];
+        if size == 0 {
+            return body;
+        }
+        body.extend_from_slice(&wire[..size]);
+        wire = &wire[size + 2..];
+    }
+}
+
+/// Waits until `condition` holds, checking every 10 ms, for at most [`PATIENCE`].
+pub async fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while !condition() {
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
