@@ -24,8 +24,9 @@ pub fn app(interval: Duration) -> Router {
             tokio::time::sleep(interval).await;
         }
     };
-    let stream = start_event_stream(ready, Duration::from_secs(10), 10)
-        .on_client_disconnect(|ctx, reason| tracing::info!(uri = %ctx.uri(), ?reason, "stream ended"));
+    let stream = start_event_stream(ready, Duration::from_secs(10), 10).on_client_disconnect(
+        |ctx, reason| tracing::info!(uri = %ctx.uri(), ?reason, "stream ended"),
+    );
     Router::new()
         .route("/", get(|| async { "Hello World!\n" }))
         .route("/counter", get(|| async {}).layer(stream))

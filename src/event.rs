@@ -367,7 +367,10 @@ mod tests {
         assert_eq!(wire(Event::new("x\n")), "data: x\r\ndata: \r\n\r\n");
         assert_eq!(wire(Event::new("")), "data: \r\n\r\n");
         assert_eq!(wire(Event::new("\r\n")), "data: \r\ndata: \r\n\r\n");
-        assert_eq!(wire(Event::new("\r\r")), "data: \r\ndata: \r\ndata: \r\n\r\n");
+        assert_eq!(
+            wire(Event::new("\r\r")),
+            "data: \r\ndata: \r\ndata: \r\n\r\n"
+        );
     }
 
     #[test]

@@ -17,9 +17,7 @@ use tower::{Layer, Service};
 
 use crate::{
     Buffer, DisconnectReason, EventSender, EventStream, SseStats, StreamContext,
-    stream::{
-        DEFAULT_BUFFER, DEFAULT_HEARTBEAT, StreamConfig, set_stream_headers, starts_stream,
-    },
+    stream::{DEFAULT_BUFFER, DEFAULT_HEARTBEAT, StreamConfig, set_stream_headers, starts_stream},
 };
 
 /// Wraps a handler so that its successful responses become event streams,
@@ -63,7 +61,10 @@ where
 }
 
 /// Pedestal's old name for [`start_event_stream`].
-#[deprecated(since = "0.7.0", note = "Pedestal deprecated sse-setup in 0.7.0; use start_event_stream")]
+#[deprecated(
+    since = "0.7.0",
+    note = "Pedestal deprecated sse-setup in 0.7.0; use start_event_stream"
+)]
 pub fn sse_setup<F, Fut>(ready: F, heartbeat: Duration, buffer: impl Into<Buffer>) -> SseLayer
 where
     F: Fn(EventSender, StreamContext) -> Fut + Send + Sync + 'static,
@@ -74,7 +75,10 @@ where
 
 /// Ends the stream a sender belongs to (queued events are still delivered),
 /// like Pedestal's `end-event-stream`.
-#[deprecated(since = "0.4.0", note = "Pedestal deprecated end-event-stream in 0.4.0; use EventSender::close or drop the senders")]
+#[deprecated(
+    since = "0.4.0",
+    note = "Pedestal deprecated end-event-stream in 0.4.0; use EventSender::close or drop the senders"
+)]
 pub fn end_event_stream(sender: &EventSender) {
     sender.close();
 }
@@ -245,7 +249,10 @@ where
         let (mut parts, _handler_body) = response.into_parts();
         set_stream_headers(&mut parts.headers, ctx.version());
         let stream = EventStream::new(&config, ctx);
-        Poll::Ready(Ok(Response::from_parts(parts, ResponseBody::stream(stream))))
+        Poll::Ready(Ok(Response::from_parts(
+            parts,
+            ResponseBody::stream(stream),
+        )))
     }
 }
 

@@ -50,7 +50,9 @@ async fn count_stream_sends_named_events_with_ids() {
     let ready = |events: EventSender, _ctx: StreamContext| async move {
         for i in 1..=3 {
             let n = i.to_string();
-            send_event(&events, Some("count"), &n, Some(&n)).await.unwrap();
+            send_event(&events, Some("count"), &n, Some(&n))
+                .await
+                .unwrap();
         }
     };
     let app = Router::new().route(
@@ -65,7 +67,11 @@ async fn count_stream_sends_named_events_with_ids() {
         .collect();
     assert_eq!(
         seen,
-        [("count", "1", "1"), ("count", "2", "2"), ("count", "3", "3")]
+        [
+            ("count", "1", "1"),
+            ("count", "2", "2"),
+            ("count", "3", "3")
+        ]
     );
 }
 
@@ -132,7 +138,10 @@ async fn headers_arrive_before_the_first_event() {
     let response = tokio::time::timeout(PATIENCE, fetch(addr, "/slow"))
         .await
         .expect("headers were held back until the first event");
-    assert_eq!(response.headers()["content-type"], "text/event-stream; charset=UTF-8");
+    assert_eq!(
+        response.headers()["content-type"],
+        "text/event-stream; charset=UTF-8"
+    );
     release.send(true).unwrap();
     let events = all_events(response).await;
     assert_eq!(events[0].data, "after headers");

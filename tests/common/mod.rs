@@ -77,7 +77,8 @@ pub fn dechunk(mut wire: &[u8]) -> Vec<u8> {
     let mut body = Vec::new();
     loop {
         let line_end = wire.windows(2).position(|w| w == b"\r\n").unwrap();
-        let size = usize::from_str_radix(std::str::from_utf8(&wire[..line_end]).unwrap(), 16).unwrap();
+        let size =
+            usize::from_str_radix(std::str::from_utf8(&wire[..line_end]).unwrap(), 16).unwrap();
         wire = &wire[line_end + 2..];
         if size == 0 {
             return body;
@@ -91,7 +92,10 @@ pub fn dechunk(mut wire: &[u8]) -> Vec<u8> {
 pub async fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + PATIENCE;
     while !condition() {
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
