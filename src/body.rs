@@ -17,6 +17,7 @@ use tokio::{
     task::AbortHandle,
     time::{Instant, Sleep},
 };
+use tokio_util::sync::WaitForCancellationFutureOwned;
 use tracing::Instrument;
 
 use crate::{
@@ -40,6 +41,10 @@ pub enum DisconnectReason {
     /// A task holding a sender panicked; the queued events were delivered and
     /// the body ended cleanly.
     Panicked,
+    /// The server is shutting down (see [`SseLayer::shutdown_on`](crate::SseLayer::shutdown_on)):
+    /// the queued events and the shutdown event were delivered, then the body
+    /// ended cleanly.
+    Shutdown,
 }
 
 /// The body of an event stream: an [`http_body::Body`] that yields encoded
@@ -64,6 +69,11 @@ pub struct EventStream {
     scratch: Vec<Bytes>,
     ctx: StreamContext,
     on_disconnect: Option<DisconnectFn>,
+    /// Resolves when the server shuts down; `None` once it has.
+    shutdown: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
+    /// Written last when the server shuts down; `Some` until it is written.
+    shutdown_event: Option<Bytes>,
+    shutting_down: bool,
     stats: Option<SseStats>,
     span: tracing::Span,
     totals: StreamTotals,
@@ -87,6 +97,12 @@ impl EventStream {
             scratch: Vec::new(),
             ctx,
             on_disconnect: config.on_disconnect.clone(),
+            shutdown: config
+                .shutdown
+                .as_ref()
+                .map(|token| Box::pin(token.clone().cancelled_owned())),
+            shutdown_event: config.shutdown_event.clone(),
+            shutting_down: false,
             stats: config.stats.clone(),
             span,
             totals: StreamTotals::default(),
@@ -143,6 +159,7 @@ impl EventStream {
             task.abort();
         }
         self.timer = None;
+        self.shutdown = None;
         self.totals.dropped = self.shared.dropped();
         let totals = self.totals;
         stats::stream_closed(self.stats.as_ref(), totals);
@@ -177,13 +194,26 @@ impl Body for EventStream {
             return Poll::Ready(None);
         }
         this.start();
+        if let Some(shutdown) = &mut this.shutdown {
+            if shutdown.as_mut().poll(cx).is_ready() {
+                // Accept nothing more; what is queued still goes out, then the shutdown event.
+                this.shutdown = None;
+                this.shutting_down = true;
+                this.shared.close();
+                tracing::debug!(parent: &this.span, "server shutting down: ending the stream");
+            }
+        }
         let bytes = match this.shared.poll_recv(cx, HEARTBEAT, &mut this.scratch) {
             Poll::Ready(Ok(batch)) => {
                 this.totals.events += batch.events as u64;
                 batch.bytes
             }
+            Poll::Ready(Err(_)) if this.shutting_down && this.shutdown_event.is_some() => {
+                this.shutdown_event.take().unwrap_or_default()
+            }
             Poll::Ready(Err(ended)) => {
                 this.finish(match ended {
+                    _ if this.shutting_down => DisconnectReason::Shutdown,
                     Ended::Completed => DisconnectReason::Completed,
                     Ended::Panicked => DisconnectReason::Panicked,
                 });

@@ -89,11 +89,14 @@ impl StreamContext {
     /// assert_eq!(ctx.last_event_id(), Some("41"));
     /// ```
     pub fn last_event_id(&self) -> Option<&str> {
-        self.inner
-            .headers
-            .get(LAST_EVENT_ID)
-            .and_then(|value| std::str::from_utf8(value.as_bytes()).ok())
+        last_event_id(&self.inner.headers)
     }
+}
+
+fn last_event_id(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(LAST_EVENT_ID)
+        .and_then(|value| std::str::from_utf8(value.as_bytes()).ok())
 }
 
 impl fmt::Debug for StreamContext {
@@ -112,5 +115,27 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for StreamContext {
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
         Ok(Self::from_parts(parts))
+    }
+}
+
+/// The request's `Last-Event-ID` header, as an axum extractor (never rejects).
+///
+/// ```
+/// use axum::{Router, routing::get};
+/// use tower_sse::LastEventId;
+///
+/// async fn handler(LastEventId(last): LastEventId) -> String {
+///     format!("resuming after {}", last.as_deref().unwrap_or("nothing"))
+/// }
+/// let app: Router = Router::new().route("/", get(handler));
+/// ```
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LastEventId(pub Option<String>);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for LastEventId {
+    type Rejection = Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        Ok(Self(last_event_id(&parts.headers).map(str::to_owned)))
     }
 }

@@ -13,10 +13,11 @@ use bytes::Bytes;
 use http::{Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
+use tokio_util::sync::CancellationToken;
 use tower::{Layer, Service};
 
 use crate::{
-    Buffer, DisconnectReason, EventSender, EventStream, SseStats, StreamContext,
+    Buffer, DisconnectReason, Event, EventSender, EventStream, SseStats, StreamContext,
     stream::{DEFAULT_BUFFER, DEFAULT_HEARTBEAT, StreamConfig, set_stream_headers, starts_stream},
 };
 
@@ -147,6 +148,53 @@ impl SseLayer {
         F: Fn(&StreamContext, DisconnectReason) + Send + Sync + 'static,
     {
         Arc::make_mut(&mut self.config).on_disconnect = Some(Arc::new(f));
+        self
+    }
+
+    /// Ends every stream of this layer when `token` is cancelled, so that
+    /// `axum::serve(..).with_graceful_shutdown(..)` can complete.
+    ///
+    /// On cancellation each stream stops accepting events (senders get
+    /// `Closed`), writes what is already queued and then the
+    /// [`shutdown_event`](Self::shutdown_event) if one is set, and ends
+    /// cleanly; the disconnect callback gets [`DisconnectReason::Shutdown`].
+    ///
+    /// ```no_run
+    /// use axum::{Router, routing::get};
+    /// use tower_sse::{CancellationToken, Event, SseLayer};
+    /// use std::time::Duration;
+    ///
+    /// # async fn run() -> std::io::Result<()> {
+    /// let shutdown = CancellationToken::new();
+    /// let layer = SseLayer::new(|events: tower_sse::EventSender, _ctx| async move {
+    ///     let _ = events.send("hello").await;
+    ///     events.closed().await;
+    /// })
+    /// .shutdown_on(shutdown.clone())
+    /// // Ask browsers to come back in 5 s (to another instance, say).
+    /// .shutdown_event(Event::default().retry(Duration::from_secs(5)));
+    ///
+    /// let app = Router::new().route("/events", get(|| async {}).layer(layer));
+    /// let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
+    /// let stop = shutdown.clone();
+    /// tokio::spawn(async move {
+    ///     let _ = tokio::signal::ctrl_c().await;
+    ///     stop.cancel();
+    /// });
+    /// axum::serve(listener, app)
+    ///     .with_graceful_shutdown(shutdown.cancelled_owned())
+    ///     .await
+    /// # }
+    /// ```
+    pub fn shutdown_on(mut self, token: CancellationToken) -> Self {
+        Arc::make_mut(&mut self.config).shutdown = Some(token);
+        self
+    }
+
+    /// The last event each stream writes when the server shuts down (for
+    /// example a `retry` hint). An invalid event is logged and not sent.
+    pub fn shutdown_event(mut self, event: Event) -> Self {
+        Arc::make_mut(&mut self.config).set_shutdown_event(event);
         self
     }
 

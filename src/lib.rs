@@ -64,6 +64,7 @@ mod buffer;
 mod channel;
 mod context;
 mod event;
+mod hub;
 mod layer;
 mod sender;
 mod stats;
@@ -71,11 +72,12 @@ mod stream;
 
 pub use body::{DisconnectReason, EventStream};
 pub use buffer::Buffer;
-pub use context::{LAST_EVENT_ID, StreamContext};
+pub use context::{LAST_EVENT_ID, LastEventId, StreamContext};
 pub use event::{
     COMMENT_FIELD, CRLF, DATA_FIELD, EVENT_FIELD, Event, EventError, ID_FIELD, RETRY_FIELD,
     get_bytes, mk_data,
 };
+pub use hub::{Hub, HubBuilder, LAGGED_EVENT, LagPolicy, PublishError, RESET_EVENT};
 #[allow(deprecated)]
 pub use layer::{
     ResponseBody, ResponseFuture, SseLayer, SseService, end_event_stream, sse_setup,
@@ -83,4 +85,6 @@ pub use layer::{
 };
 pub use sender::{EventSender, SendError, TrySendError, do_heartbeat, send_event};
 pub use stats::{SseStats, active_streams};
+/// The shutdown signal taken by [`SseLayer::shutdown_on`] (re-exported from `tokio-util`).
+pub use tokio_util::sync::CancellationToken;
 pub use stream::{DEFAULT_BUFFER, DEFAULT_HEARTBEAT, SseResponse, start_stream};

@@ -4,13 +4,17 @@
 use std::{fmt, future::Future, sync::Arc, time::Duration};
 
 use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
 use futures::future::BoxFuture;
+use tokio_util::sync::CancellationToken;
 use http::{
     HeaderMap, HeaderValue, StatusCode, Version,
     header::{CACHE_CONTROL, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE},
 };
 
-use crate::{Buffer, DisconnectReason, EventSender, EventStream, StreamContext, stats::SseStats};
+use crate::{
+    Buffer, DisconnectReason, Event, EventSender, EventStream, StreamContext, stats::SseStats,
+};
 
 pub(crate) type ReadyFn =
     Arc<dyn Fn(EventSender, StreamContext) -> BoxFuture<'static, ()> + Send + Sync>;
@@ -28,6 +32,8 @@ pub(crate) struct StreamConfig {
     pub(crate) heartbeat: Duration,
     pub(crate) buffer: Buffer,
     pub(crate) on_disconnect: Option<DisconnectFn>,
+    pub(crate) shutdown: Option<CancellationToken>,
+    pub(crate) shutdown_event: Option<Bytes>,
     pub(crate) stats: Option<SseStats>,
 }
 
@@ -42,7 +48,16 @@ impl StreamConfig {
             heartbeat,
             buffer,
             on_disconnect: None,
+            shutdown: None,
+            shutdown_event: None,
             stats: None,
+        }
+    }
+
+    pub(crate) fn set_shutdown_event(&mut self, event: Event) {
+        match event.encode() {
+            Ok(bytes) => self.shutdown_event = Some(bytes),
+            Err(err) => tracing::error!(%err, "invalid shutdown event: none will be sent"),
         }
     }
 }
@@ -138,6 +153,19 @@ impl SseResponse {
         F: Fn(&StreamContext, DisconnectReason) + Send + Sync + 'static,
     {
         self.config.on_disconnect = Some(Arc::new(f));
+        self
+    }
+
+    /// Ends the stream when `token` is cancelled, as [`SseLayer::shutdown_on`](crate::SseLayer::shutdown_on) does.
+    pub fn shutdown_on(mut self, token: CancellationToken) -> Self {
+        self.config.shutdown = Some(token);
+        self
+    }
+
+    /// The last event written when the server shuts down, as
+    /// [`SseLayer::shutdown_event`](crate::SseLayer::shutdown_event) does.
+    pub fn shutdown_event(mut self, event: Event) -> Self {
+        self.config.set_shutdown_event(event);
         self
     }
 

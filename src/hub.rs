@@ -1,0 +1,508 @@
+//! Fan-out with resume: publish an event once, deliver it to every stream
+//! subscribed to its topic, and let a reconnecting client catch up from
+//! history with `Last-Event-ID`.
+//!
+//! The hub keeps, per topic, a ring of the last events *encoded once* as
+//! shared [`Bytes`]. Each subscribed stream pulls from the rings with its own
+//! cursor, so history and live events are one sequence: a reconnect replays
+//! what was missed and continues live with no gap and no duplicate, and
+//! `publish` never waits for a slow client.
+
+use std::{
+    collections::{HashMap, VecDeque},
+    fmt,
+    pin::Pin,
+    sync::{
+        Arc, PoisonError, RwLock,
+        atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed},
+    },
+    time::Duration,
+};
+
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use tokio::{sync::Notify, time::Instant};
+
+use crate::{Event, EventError, EventSender, StreamContext};
+
+/// The event type a stream receives when its `Last-Event-ID` is older than
+/// the history holds (or unknown): the client should reload its state. The
+/// data is the id that could not be resumed. Live events follow.
+pub const RESET_EVENT: &str = "reset";
+
+/// The event type a stream receives, under [`LagPolicy::Notify`], where it
+/// missed events because it could not keep up. The data is how many it missed.
+pub const LAGGED_EVENT: &str = "lagged";
+
+/// How many events at most a stream takes from the rings at a time.
+const MAX_BATCH: usize = 256;
+
+/// What happens to a stream that falls behind the history (its client reads
+/// slower than events are published).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum LagPolicy {
+    /// Skip what was lost and send a [`LAGGED_EVENT`] with the count, then go on.
+    #[default]
+    Notify,
+    /// Close the stream: the browser reconnects with `Last-Event-ID` and
+    /// resumes from history (or gets a [`RESET_EVENT`] if that is gone too).
+    Close,
+}
+
+/// Why [`Hub::publish`] refused an event.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum PublishError {
+    /// The event cannot be encoded.
+    Invalid(EventError),
+}
+
+impl fmt::Display for PublishError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Invalid(err) => write!(f, "invalid event: {err}"),
+        }
+    }
+}
+
+impl std::error::Error for PublishError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Self::Invalid(err) => Some(err),
+        }
+    }
+}
+
+/// Publishes events to topics and fans them out to subscribed streams.
+/// Cheap to clone; clones share the topics.
+///
+/// Ids: an event published without an id gets the next number of a hub-wide
+/// sequence (so ids increase within every topic, and a stream subscribed to
+/// several topics resumes from one id); an id set by the publisher is kept
+/// and must be unique.
+///
+/// ```no_run
+/// use axum::{Router, routing::{get, post}, extract::State};
+/// use tower_sse::{Event, Hub, SseLayer};
+///
+/// let hub = Hub::new();
+/// let events = SseLayer::new(hub.ready(|_ctx| vec!["chat".to_owned()]));
+/// let app: Router = Router::new()
+///     .route("/events", get(|| async {}).layer(events))
+///     .route(
+///         "/messages",
+///         post(|State(hub): State<Hub>, text: String| async move {
+///             hub.publish("chat", Event::new(text).name("message")).is_ok().to_string()
+///         }),
+///     )
+///     .with_state(hub);
+/// ```
+#[derive(Clone)]
+pub struct Hub {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    state: RwLock<State>,
+    history: usize,
+    max_age: Option<Duration>,
+    lag: LagPolicy,
+    lagged: AtomicU64,
+    subscribers: AtomicUsize,
+}
+
+struct State {
+    next_seq: u64,
+    topics: HashMap<String, Topic>,
+}
+
+struct Topic {
+    entries: VecDeque<Entry>,
+    /// How many events of this topic came before `entries[0]`.
+    first_index: u64,
+    /// The sequence number of the newest event evicted from history.
+    last_evicted: Option<u64>,
+    notify: Arc<Notify>,
+}
+
+struct Entry {
+    seq: u64,
+    id: Arc<str>,
+    bytes: Bytes,
+    at: Instant,
+}
+
+impl Topic {
+    fn new() -> Self {
+        Self {
+            entries: VecDeque::new(),
+            first_index: 0,
+            last_evicted: None,
+            notify: Arc::new(Notify::new()),
+        }
+    }
+
+    fn end_index(&self) -> u64 {
+        self.first_index + self.entries.len() as u64
+    }
+
+    fn evict(&mut self, history: usize, max_age: Option<Duration>, now: Instant) {
+        while let Some(oldest) = self.entries.front() {
+            let too_many = self.entries.len() > history;
+            let too_old = max_age.is_some_and(|age| now.duration_since(oldest.at) > age);
+            if !too_many && !too_old {
+                break;
+            }
+            self.last_evicted = Some(oldest.seq);
+            self.entries.pop_front();
+            self.first_index += 1;
+        }
+    }
+}
+
+/// Builds a [`Hub`] with a history size, a history age and a lag policy.
+#[derive(Clone, Debug)]
+pub struct HubBuilder {
+    history: usize,
+    max_age: Option<Duration>,
+    lag: LagPolicy,
+}
+
+impl HubBuilder {
+    /// Keeps the last `events` events per topic (default 1,000). It is also
+    /// how far a stream may fall behind before it lags.
+    pub fn history(mut self, events: usize) -> Self {
+        self.history = events;
+        self
+    }
+
+    /// Forgets events older than `age` (default: kept until pushed out by newer ones).
+    pub fn max_age(mut self, age: Duration) -> Self {
+        self.max_age = Some(age);
+        self
+    }
+
+    /// What happens to a stream that falls behind the history (default [`LagPolicy::Notify`]).
+    pub fn lag_policy(mut self, lag: LagPolicy) -> Self {
+        self.lag = lag;
+        self
+    }
+
+    /// The hub.
+    pub fn build(self) -> Hub {
+        Hub {
+            inner: Arc::new(Inner {
+                state: RwLock::new(State {
+                    next_seq: 1,
+                    topics: HashMap::new(),
+                }),
+                history: self.history,
+                max_age: self.max_age,
+                lag: self.lag,
+                lagged: AtomicU64::new(0),
+                subscribers: AtomicUsize::new(0),
+            }),
+        }
+    }
+}
+
+/// Where a new subscription starts in each topic, and whether it must say reset.
+struct Start {
+    cursors: Vec<u64>,
+    reset: Option<String>,
+}
+
+impl Hub {
+    /// A hub keeping the last 1,000 events per topic, lag policy [`LagPolicy::Notify`].
+    pub fn new() -> Self {
+        Self::builder().build()
+    }
+
+    /// A builder for a hub with other settings.
+    pub fn builder() -> HubBuilder {
+        HubBuilder {
+            history: 1000,
+            max_age: None,
+            lag: LagPolicy::Notify,
+        }
+    }
+
+    /// Publishes `event` to `topic`: encodes it once, keeps it in the topic's
+    /// history and wakes every subscribed stream. Never waits for a client.
+    /// Returns the event's id.
+    ///
+    /// # Errors
+    ///
+    /// [`PublishError::Invalid`] when the event cannot be encoded; nothing is published.
+    pub fn publish(&self, topic: &str, event: impl Into<Event>) -> Result<String, PublishError> {
+        let mut event = event.into();
+        let inner = &self.inner;
+        let mut state = inner.state.write().unwrap_or_else(PoisonError::into_inner);
+        let seq = state.next_seq;
+        if event.id.is_none() {
+            event.id = Some(seq.to_string());
+        }
+        let bytes = event.encode().map_err(PublishError::Invalid)?;
+        let id: Arc<str> = event.id.as_deref().unwrap_or_default().into();
+        state.next_seq += 1;
+        let topic = state
+            .topics
+            .entry(topic.to_owned())
+            .or_insert_with(Topic::new);
+        let now = Instant::now();
+        topic.entries.push_back(Entry {
+            seq,
+            id: id.clone(),
+            bytes,
+            at: now,
+        });
+        topic.evict(inner.history, inner.max_age, now);
+        let notify = topic.notify.clone();
+        drop(state);
+        notify.notify_waiters();
+        Ok(id.to_string())
+    }
+
+    /// Streams `topics` to `events` until the stream closes: first what came
+    /// after `last_event_id` (from history; a [`RESET_EVENT`] if that is no
+    /// longer known), then live events. Without `last_event_id`, live events only.
+    ///
+    /// Call it from a ready function (or use [`Hub::ready`]). Each event goes
+    /// through the stream's buffer: a stream that cannot keep up falls behind
+    /// in history without slowing anyone, and the [`LagPolicy`] decides what
+    /// it sees when history moves past it. Events dropped by a dropping or
+    /// sliding buffer are reported the same way.
+    pub async fn subscribe<T: AsRef<str>>(
+        &self,
+        events: &EventSender,
+        last_event_id: Option<&str>,
+        topics: &[T],
+    ) {
+        let inner = &self.inner;
+        inner.subscribers.fetch_add(1, Relaxed);
+        let _count = SubscriberGuard(&inner.subscribers);
+        let names: Vec<&str> = topics.iter().map(AsRef::as_ref).collect();
+        let (start, notifies) = self.start(last_event_id, &names);
+        let mut cursors = start.cursors;
+        if let Some(unknown) = start.reset {
+            if events
+                .send(Event::new(unknown).name(RESET_EVENT))
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+        let mut batch = Vec::new();
+        let mut dropped_seen = events.dropped();
+        loop {
+            // Register for wake-ups before reading, so a publish in between is not missed.
+            let mut waits: Vec<Pin<Box<tokio::sync::futures::Notified<'_>>>> =
+                notifies.iter().map(|n| Box::pin(n.notified())).collect();
+            for wait in &mut waits {
+                wait.as_mut().enable();
+            }
+            let missed = self.read(&names, &mut cursors, &mut batch);
+            if missed > 0 && !self.lagged(events, missed).await {
+                return;
+            }
+            if batch.is_empty() {
+                if waits.is_empty() {
+                    events.closed().await;
+                    return;
+                }
+                let closed = events.closed();
+                tokio::pin!(closed);
+                match futures::future::select(futures::future::select_all(waits), closed).await {
+                    futures::future::Either::Left(_) => continue,
+                    futures::future::Either::Right(_) => return,
+                }
+            }
+            drop(waits);
+            for bytes in batch.drain(..) {
+                if events.send_encoded(bytes).await.is_err() {
+                    return;
+                }
+            }
+            let dropped = events.dropped();
+            if dropped > dropped_seen {
+                if !self.lagged(events, dropped - dropped_seen).await {
+                    return;
+                }
+                dropped_seen = events.dropped();
+            }
+        }
+    }
+
+    /// Applies the lag policy; `false` when the stream is done.
+    async fn lagged(&self, events: &EventSender, missed: u64) -> bool {
+        self.inner.lagged.fetch_add(missed, Relaxed);
+        tracing::debug!(missed, "subscriber lagged");
+        match self.inner.lag {
+            LagPolicy::Notify => events
+                .send(Event::new(missed.to_string()).name(LAGGED_EVENT))
+                .await
+                .is_ok(),
+            LagPolicy::Close => {
+                events.close();
+                false
+            }
+        }
+    }
+
+    /// A ready function that subscribes each stream to the topics `topics`
+    /// picks from its request, resuming from its `Last-Event-ID`.
+    ///
+    /// ```
+    /// # let hub = tower_sse::Hub::new();
+    /// let layer = tower_sse::SseLayer::new(hub.ready(|ctx| {
+    ///     // /rooms/lobby/events -> topic "lobby"
+    ///     ctx.uri().path().split('/').nth(2).map(str::to_owned).into_iter().collect()
+    /// }));
+    /// # let _ = layer;
+    /// ```
+    pub fn ready<F>(
+        &self,
+        topics: F,
+    ) -> impl Fn(EventSender, StreamContext) -> BoxFuture<'static, ()> + Send + Sync + 'static
+    where
+        F: Fn(&StreamContext) -> Vec<String> + Send + Sync + 'static,
+    {
+        let hub = self.clone();
+        move |events, ctx| {
+            let hub = hub.clone();
+            let topics = topics(&ctx);
+            Box::pin(async move {
+                hub.subscribe(&events, ctx.last_event_id(), &topics).await;
+            })
+        }
+    }
+
+    /// Streams subscribed right now.
+    pub fn subscribers(&self) -> usize {
+        self.inner.subscribers.load(Relaxed)
+    }
+
+    /// Events missed by lagging streams so far, over all streams.
+    pub fn lagged_events(&self) -> u64 {
+        self.inner.lagged.load(Relaxed)
+    }
+
+    /// Finds each topic's starting point for `last_event_id`.
+    fn start(&self, last_event_id: Option<&str>, names: &[&str]) -> (Start, Vec<Arc<Notify>>) {
+        let inner = &self.inner;
+        let mut state = inner.state.write().unwrap_or_else(PoisonError::into_inner);
+        let now = Instant::now();
+        let next_seq = state.next_seq;
+        for name in names {
+            let topic = state
+                .topics
+                .entry((*name).to_owned())
+                .or_insert_with(Topic::new);
+            topic.evict(inner.history, inner.max_age, now);
+        }
+        let topics: Vec<&Topic> = names.iter().map(|name| &state.topics[*name]).collect();
+        let notifies = topics.iter().map(|t| t.notify.clone()).collect();
+        let live = |topics: &[&Topic]| topics.iter().map(|t| t.end_index()).collect();
+        let Some(last) = last_event_id else {
+            let start = Start {
+                cursors: live(&topics),
+                reset: None,
+            };
+            return (start, notifies);
+        };
+        // The id's place in the hub-wide sequence: an id in history, or a
+        // sequence number this hub has handed out.
+        let seq = topics
+            .iter()
+            .find_map(|t| t.entries.iter().rev().find(|e| &*e.id == last))
+            .map(|entry| entry.seq)
+            .or_else(|| last.parse::<u64>().ok().filter(|seq| *seq < next_seq));
+        let resumable = seq.filter(|seq| {
+            topics
+                .iter()
+                .all(|t| t.last_evicted.is_none_or(|evicted| evicted <= *seq))
+        });
+        let start = match resumable {
+            Some(seq) => Start {
+                cursors: topics
+                    .iter()
+                    .map(|t| t.first_index + t.entries.partition_point(|e| e.seq <= seq) as u64)
+                    .collect(),
+                reset: None,
+            },
+            None => Start {
+                cursors: live(&topics),
+                reset: Some(last.to_owned()),
+            },
+        };
+        (start, notifies)
+    }
+
+    /// Takes up to [`MAX_BATCH`] events after the cursors, in publish order.
+    /// Returns how many events history lost before this stream read them.
+    fn read(&self, names: &[&str], cursors: &mut [u64], batch: &mut Vec<Bytes>) -> u64 {
+        let state = self
+            .inner
+            .state
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        let mut missed = 0;
+        let topics: Vec<&Topic> = names
+            .iter()
+            .filter_map(|name| state.topics.get(*name))
+            .collect();
+        for (topic, cursor) in topics.iter().zip(cursors.iter_mut()) {
+            if *cursor < topic.first_index {
+                missed += topic.first_index - *cursor;
+                *cursor = topic.first_index;
+            }
+        }
+        while batch.len() < MAX_BATCH {
+            // The topic whose next event is the oldest.
+            let next = topics
+                .iter()
+                .zip(cursors.iter())
+                .enumerate()
+                .filter_map(|(i, (topic, cursor))| {
+                    topic
+                        .entries
+                        .get((cursor - topic.first_index) as usize)
+                        .map(|entry| (entry.seq, i))
+                })
+                .min();
+            let Some((_, i)) = next else { break };
+            let topic = topics[i];
+            let entry = &topic.entries[(cursors[i] - topic.first_index) as usize];
+            batch.push(entry.bytes.clone());
+            cursors[i] += 1;
+        }
+        missed
+    }
+}
+
+impl Default for Hub {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Debug for Hub {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Hub")
+            .field("history", &self.inner.history)
+            .field("max_age", &self.inner.max_age)
+            .field("lag", &self.inner.lag)
+            .field("subscribers", &self.subscribers())
+            .finish_non_exhaustive()
+    }
+}
+
+struct SubscriberGuard<'a>(&'a AtomicUsize);
+
+impl Drop for SubscriberGuard<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Relaxed);
+    }
+}
