@@ -52,10 +52,10 @@ async fn one_publish_reaches_every_stream() {
     }
     subscribed(&hub, 20).await;
     for i in 0..50 {
-        let id = hub.publish("main", Event::new(format!("m{i}")).name("chat")).unwrap();
+        let id = hub.publish("main", Event::new(format!("m{i}")).name("chat")).await.unwrap();
         assert_eq!(id, (i + 1).to_string());
     }
-    hub.publish("other", "not for main").unwrap();
+    hub.publish("other", "not for main").await.unwrap();
     for client in &mut clients {
         for i in 0..50 {
             let event = next_event(client).await.unwrap();
@@ -72,7 +72,7 @@ async fn a_reconnect_resumes_without_gap_or_duplicate() {
     let mut first = events(open(addr, "main", None).await);
     subscribed(&hub, 1).await;
     for i in 1..=5 {
-        hub.publish("main", format!("e{i}")).unwrap();
+        hub.publish("main", format!("e{i}")).await.unwrap();
     }
     for _ in 0..3 {
         next_event(&mut first).await.unwrap();
@@ -80,11 +80,11 @@ async fn a_reconnect_resumes_without_gap_or_duplicate() {
     drop(first);
     eventually("the stream to go", || hub.subscribers() == 0).await;
     for i in 6..=8 {
-        hub.publish("main", format!("e{i}")).unwrap();
+        hub.publish("main", format!("e{i}")).await.unwrap();
     }
     let mut again = events(open(addr, "main", Some("3")).await);
     subscribed(&hub, 1).await;
-    hub.publish("main", "e9").unwrap();
+    hub.publish("main", "e9").await.unwrap();
     let mut seen = Vec::new();
     for _ in 4..=9 {
         let event = next_event(&mut again).await.unwrap();
@@ -99,13 +99,13 @@ async fn an_id_older_than_history_gets_a_reset() {
     let hub = Hub::builder().history(5).build();
     let addr = serve(app(&hub, Buffer::fixed(16))).await;
     for i in 1..=20 {
-        hub.publish("main", format!("e{i}")).unwrap();
+        hub.publish("main", format!("e{i}")).await.unwrap();
     }
     let mut stream = events(open(addr, "main", Some("2")).await);
     let reset = next_event(&mut stream).await.unwrap();
     assert_eq!((reset.event.as_str(), reset.data.as_str()), (RESET_EVENT, "2"));
     subscribed(&hub, 1).await;
-    hub.publish("main", "live").unwrap();
+    hub.publish("main", "live").await.unwrap();
     let live = next_event(&mut stream).await.unwrap();
     assert_eq!((live.id.as_str(), live.data.as_str()), ("21", "live"));
     // An id inside history resumes instead.
@@ -122,9 +122,9 @@ async fn an_id_older_than_history_gets_a_reset() {
 async fn history_forgets_by_age() {
     let hub = Hub::builder().max_age(Duration::from_millis(100)).build();
     let addr = serve(app(&hub, Buffer::fixed(16))).await;
-    hub.publish("main", "old").unwrap();
+    hub.publish("main", "old").await.unwrap();
     tokio::time::sleep(Duration::from_millis(250)).await;
-    hub.publish("main", "new").unwrap();
+    hub.publish("main", "new").await.unwrap();
     let mut stream = events(open(addr, "main", Some("0")).await);
     let first = next_event(&mut stream).await.unwrap();
     assert_eq!((first.event.as_str(), first.data.as_str()), (RESET_EVENT, "0"));
@@ -138,15 +138,15 @@ async fn publisher_ids_are_kept_and_resumable() {
     let hub = Hub::new();
     let addr = serve(app(&hub, Buffer::fixed(16))).await;
     for name in ["alpha", "beta", "gamma"] {
-        assert_eq!(hub.publish("main", Event::new(name).id(name)).unwrap(), name);
+        assert_eq!(hub.publish("main", Event::new(name).id(name)).await.unwrap(), name);
     }
     let mut stream = events(open(addr, "main", Some("alpha")).await);
     assert_eq!(next_event(&mut stream).await.unwrap().id, "beta");
     assert_eq!(next_event(&mut stream).await.unwrap().id, "gamma");
-    let bad = hub.publish("main", Event::new("x").name("bad\nname"));
+    let bad = hub.publish("main", Event::new("x").name("bad\nname")).await;
     assert!(matches!(bad, Err(PublishError::Invalid(_))));
     // The refused event took no sequence number.
-    assert_eq!(hub.publish("main", "next").unwrap(), "4");
+    assert_eq!(hub.publish("main", "next").await.unwrap(), "4");
 }
 
 #[tokio::test]
@@ -154,8 +154,8 @@ async fn several_topics_merge_in_publish_order_and_resume_from_one_id() {
     let hub = Hub::new();
     let addr = serve(app(&hub, Buffer::fixed(64))).await;
     for i in 0..30 {
-        hub.publish(if i % 3 == 0 { "a" } else { "b" }, format!("{i}")).unwrap();
-        hub.publish("c", "elsewhere").unwrap();
+        hub.publish(if i % 3 == 0 { "a" } else { "b" }, format!("{i}")).await.unwrap();
+        hub.publish("c", "elsewhere").await.unwrap();
     }
     let mut stream = events(open(addr, "a,b", Some("0")).await);
     let mut data = Vec::new();
@@ -208,14 +208,14 @@ async fn a_slow_subscriber_lags_visibly_and_never_slows_publishing() {
     let _ = body.next().await;
     let started = tokio::time::Instant::now();
     for i in 0..PUBLISHED {
-        hub.publish("main", Event::new("x".repeat(2000)).comment(i.to_string()))
+        hub.publish("main", Event::new("x".repeat(2000)).comment(i.to_string())).await
             .unwrap();
         if i % 100 == 0 {
             tokio::task::yield_now().await;
         }
     }
     let publish_time = started.elapsed();
-    hub.publish("main", Event::new("the end").name("end")).unwrap();
+    hub.publish("main", Event::new("the end").name("end")).await.unwrap();
     // Now read everything, with the independent parser.
     let mut events = Box::pin(
         eventsource_stream::Eventsource::eventsource(body).map(|e| e.unwrap()),
@@ -251,7 +251,7 @@ async fn lag_policy_close_ends_the_lagging_stream() {
             .unwrap();
         subscribed(&hub, 1).await;
         for _ in 0..1_000 {
-            hub.publish("main", "x".repeat(4000)).unwrap();
+            hub.publish("main", "x".repeat(4000)).await.unwrap();
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
         if hub.lagged_events() > 0 {
@@ -313,7 +313,7 @@ async fn resume_under_concurrency_is_exact() {
             let hub = hub.clone();
             tokio::spawn(async move {
                 for i in 0..PER_PUBLISHER {
-                    hub.publish("main", format!("p{p}-{i}")).unwrap();
+                    hub.publish("main", format!("p{p}-{i}")).await.unwrap();
                     if i % 16 == 0 {
                         tokio::time::sleep(Duration::from_millis(1)).await;
                     }

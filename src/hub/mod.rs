@@ -25,6 +25,11 @@ use tokio::{sync::Notify, time::Instant};
 
 use crate::{Event, EventError, EventSender, StreamContext};
 
+#[cfg(feature = "redis")]
+mod redis;
+#[cfg(feature = "redis")]
+use self::redis::StreamId;
+
 /// The event type a stream receives when its `Last-Event-ID` is older than
 /// the history holds (or unknown): the client should reload its state. The
 /// data is the id that could not be resumed. Live events follow.
@@ -56,12 +61,15 @@ pub enum LagPolicy {
 pub enum PublishError {
     /// The event cannot be encoded.
     Invalid(EventError),
+    /// The backend (Redis) could not store the event; it was not published.
+    Unavailable(Box<dyn std::error::Error + Send + Sync>),
 }
 
 impl fmt::Display for PublishError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Invalid(err) => write!(f, "invalid event: {err}"),
+            Self::Unavailable(err) => write!(f, "event not published: {err}"),
         }
     }
 }
@@ -70,6 +78,7 @@ impl std::error::Error for PublishError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             Self::Invalid(err) => Some(err),
+            Self::Unavailable(err) => Some(err.as_ref()),
         }
     }
 }
@@ -93,7 +102,7 @@ impl std::error::Error for PublishError {
 ///     .route(
 ///         "/messages",
 ///         post(|State(hub): State<Hub>, text: String| async move {
-///             hub.publish("chat", Event::new(text).name("message")).is_ok().to_string()
+///             hub.publish("chat", Event::new(text).name("message")).await.is_ok().to_string()
 ///         }),
 ///     )
 ///     .with_state(hub);
@@ -110,6 +119,8 @@ struct Inner {
     lag: LagPolicy,
     lagged: AtomicU64,
     subscribers: AtomicUsize,
+    #[cfg(feature = "redis")]
+    redis: Option<redis::Backend>,
 }
 
 struct State {
@@ -123,6 +134,9 @@ struct Topic {
     first_index: u64,
     /// The sequence number of the newest event evicted from history.
     last_evicted: Option<u64>,
+    /// The Redis id of the newest event evicted from history.
+    #[cfg(feature = "redis")]
+    last_evicted_stream_id: Option<StreamId>,
     notify: Arc<Notify>,
 }
 
@@ -131,6 +145,9 @@ struct Entry {
     id: Arc<str>,
     bytes: Bytes,
     at: Instant,
+    /// The Redis entry id, for events read from Redis.
+    #[cfg(feature = "redis")]
+    stream_id: Option<StreamId>,
 }
 
 impl Topic {
@@ -139,6 +156,8 @@ impl Topic {
             entries: VecDeque::new(),
             first_index: 0,
             last_evicted: None,
+            #[cfg(feature = "redis")]
+            last_evicted_stream_id: None,
             notify: Arc::new(Notify::new()),
         }
     }
@@ -155,6 +174,10 @@ impl Topic {
                 break;
             }
             self.last_evicted = Some(oldest.seq);
+            #[cfg(feature = "redis")]
+            if oldest.stream_id.is_some() {
+                self.last_evicted_stream_id = oldest.stream_id;
+            }
             self.entries.pop_front();
             self.first_index += 1;
         }
@@ -167,6 +190,8 @@ pub struct HubBuilder {
     history: usize,
     max_age: Option<Duration>,
     lag: LagPolicy,
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    key_prefix: String,
 }
 
 impl HubBuilder {
@@ -189,20 +214,33 @@ impl HubBuilder {
         self
     }
 
-    /// The hub.
+    /// The prefix of the Redis stream keys (default `"tower-sse:"`; a topic
+    /// `chat` is the stream `tower-sse:chat`). Used by the Redis backend only.
+    pub fn key_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.key_prefix = prefix.into();
+        self
+    }
+
+    /// An in-memory hub: history lives in this process.
     pub fn build(self) -> Hub {
         Hub {
-            inner: Arc::new(Inner {
-                state: RwLock::new(State {
-                    next_seq: 1,
-                    topics: HashMap::new(),
-                }),
-                history: self.history,
-                max_age: self.max_age,
-                lag: self.lag,
-                lagged: AtomicU64::new(0),
-                subscribers: AtomicUsize::new(0),
+            inner: Arc::new(self.inner()),
+        }
+    }
+
+    fn inner(&self) -> Inner {
+        Inner {
+            state: RwLock::new(State {
+                next_seq: 1,
+                topics: HashMap::new(),
             }),
+            history: self.history,
+            max_age: self.max_age,
+            lag: self.lag,
+            lagged: AtomicU64::new(0),
+            subscribers: AtomicUsize::new(0),
+            #[cfg(feature = "redis")]
+            redis: None,
         }
     }
 }
@@ -225,18 +263,32 @@ impl Hub {
             history: 1000,
             max_age: None,
             lag: LagPolicy::Notify,
+            key_prefix: "tower-sse:".to_owned(),
         }
     }
 
     /// Publishes `event` to `topic`: encodes it once, keeps it in the topic's
-    /// history and wakes every subscribed stream. Never waits for a client.
-    /// Returns the event's id.
+    /// history and wakes every subscribed stream. Never waits for a client
+    /// (with Redis it waits for Redis to store the event). Returns the event's id.
     ///
     /// # Errors
     ///
-    /// [`PublishError::Invalid`] when the event cannot be encoded; nothing is published.
-    pub fn publish(&self, topic: &str, event: impl Into<Event>) -> Result<String, PublishError> {
-        let mut event = event.into();
+    /// [`PublishError::Invalid`] when the event cannot be encoded;
+    /// [`PublishError::Unavailable`] when Redis cannot store it. Either way
+    /// nothing is published.
+    pub async fn publish(
+        &self,
+        topic: &str,
+        event: impl Into<Event>,
+    ) -> Result<String, PublishError> {
+        #[cfg(feature = "redis")]
+        if let Some(backend) = &self.inner.redis {
+            return backend.publish(topic, event.into()).await;
+        }
+        self.publish_local(topic, event.into())
+    }
+
+    fn publish_local(&self, topic: &str, mut event: Event) -> Result<String, PublishError> {
         let inner = &self.inner;
         let mut state = inner.state.write().unwrap_or_else(PoisonError::into_inner);
         let seq = state.next_seq;
@@ -256,6 +308,8 @@ impl Hub {
             id: id.clone(),
             bytes,
             at: now,
+            #[cfg(feature = "redis")]
+            stream_id: None,
         });
         topic.evict(inner.history, inner.max_age, now);
         let notify = topic.notify.clone();
@@ -283,17 +337,9 @@ impl Hub {
         inner.subscribers.fetch_add(1, Relaxed);
         let _count = SubscriberGuard(&inner.subscribers);
         let names: Vec<&str> = topics.iter().map(AsRef::as_ref).collect();
-        let (start, notifies) = self.start(last_event_id, &names);
-        let mut cursors = start.cursors;
-        if let Some(unknown) = start.reset {
-            if events
-                .send(Event::new(unknown).name(RESET_EVENT))
-                .await
-                .is_err()
-            {
-                return;
-            }
-        }
+        let Some((mut cursors, notifies)) = self.begin(events, last_event_id, &names).await else {
+            return;
+        };
         let mut batch = Vec::new();
         let mut dropped_seen = events.dropped();
         loop {
@@ -333,6 +379,25 @@ impl Hub {
                 dropped_seen = events.dropped();
             }
         }
+    }
+
+    /// Where a new subscription starts, after any replay or reset it needs;
+    /// `None` when the stream closed meanwhile.
+    async fn begin(
+        &self,
+        events: &EventSender,
+        last_event_id: Option<&str>,
+        names: &[&str],
+    ) -> Option<(Vec<u64>, Vec<Arc<Notify>>)> {
+        #[cfg(feature = "redis")]
+        if let Some(backend) = &self.inner.redis {
+            return backend.begin(self, events, last_event_id, names).await;
+        }
+        let (start, notifies) = self.start(last_event_id, names, true);
+        if let Some(unknown) = start.reset {
+            send_reset(events, unknown).await?;
+        }
+        Some((start.cursors, notifies))
     }
 
     /// Applies the lag policy; `false` when the stream is done.
@@ -389,8 +454,14 @@ impl Hub {
         self.inner.lagged.load(Relaxed)
     }
 
-    /// Finds each topic's starting point for `last_event_id`.
-    fn start(&self, last_event_id: Option<&str>, names: &[&str]) -> (Start, Vec<Arc<Notify>>) {
+    /// Finds each topic's starting point for `last_event_id` in this process's
+    /// history. `sequence_ids`: ids are this hub's sequence numbers (in memory).
+    fn start(
+        &self,
+        last_event_id: Option<&str>,
+        names: &[&str],
+        sequence_ids: bool,
+    ) -> (Start, Vec<Arc<Notify>>) {
         let inner = &self.inner;
         let mut state = inner.state.write().unwrap_or_else(PoisonError::into_inner);
         let now = Instant::now();
@@ -418,7 +489,10 @@ impl Hub {
             .iter()
             .find_map(|t| t.entries.iter().rev().find(|e| &*e.id == last))
             .map(|entry| entry.seq)
-            .or_else(|| last.parse::<u64>().ok().filter(|seq| *seq < next_seq));
+            .or_else(|| {
+                let seq = last.parse::<u64>().ok()?;
+                (sequence_ids && seq < next_seq).then_some(seq)
+            });
         let resumable = seq.filter(|seq| {
             topics
                 .iter()
@@ -497,6 +571,14 @@ impl fmt::Debug for Hub {
             .field("subscribers", &self.subscribers())
             .finish_non_exhaustive()
     }
+}
+
+/// Tells a stream that its `Last-Event-ID` cannot be resumed; `None` when it closed.
+async fn send_reset(events: &EventSender, unknown: String) -> Option<()> {
+    events
+        .send(Event::new(unknown).name(RESET_EVENT))
+        .await
+        .ok()
 }
 
 struct SubscriberGuard<'a>(&'a AtomicUsize);
