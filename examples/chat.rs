@@ -7,6 +7,9 @@
 //!
 //! `PORT` overrides the port. `POST /kick` ends every open stream, to watch
 //! the tabs reconnect and catch up (the page has a button for it).
+//!
+//! With `--features redis` and `REDIS_URL` set, the hub lives on Redis: run
+//! two instances on two ports and a message posted on one shows on the other.
 
 use std::time::Duration;
 
@@ -40,13 +43,17 @@ pub fn app(hub: Hub) -> Router {
             async move {
                 let mut kicked = chat.kicks.subscribe();
                 kicked.mark_unchanged();
-                // Reconnect quickly; a new tab (no Last-Event-ID) gets the history.
-                if events.send(Event::default().retry(Duration::from_millis(300))).await.is_err() {
+                // Reconnect quickly. A new tab starts with live messages; a
+                // reconnecting one sends Last-Event-ID and catches up.
+                if events
+                    .send(Event::default().retry(Duration::from_millis(300)))
+                    .await
+                    .is_err()
+                {
                     return;
                 }
-                let last = ctx.last_event_id().unwrap_or("0");
                 tokio::select! {
-                    _ = chat.hub.subscribe(&events, Some(last), &[TOPIC]) => {}
+                    _ = chat.hub.subscribe(&events, ctx.last_event_id(), &[TOPIC]) => {}
                     _ = kicked.changed() => events.close(),
                 }
             }
@@ -149,7 +156,20 @@ async fn main() -> std::io::Result<()> {
                 .unwrap_or_else(|_| "info,tower_sse=debug".into()),
         )
         .init();
-    let hub = Hub::builder().history(500).build();
+    let builder = Hub::builder().history(500);
+    #[cfg(feature = "redis")]
+    let hub = match std::env::var("REDIS_URL") {
+        Ok(url) => {
+            tracing::info!(%url, "hub on Redis");
+            builder
+                .build_redis(&url)
+                .await
+                .map_err(std::io::Error::other)?
+        }
+        Err(_) => builder.build(),
+    };
+    #[cfg(not(feature = "redis"))]
+    let hub = builder.build();
     let port = std::env::var("PORT").unwrap_or_else(|_| "3000".into());
     let listener = tokio::net::TcpListener::bind(format!("127.0.0.1:{port}")).await?;
     tracing::info!("chat on http://{}", listener.local_addr()?);

@@ -85,6 +85,6 @@ pub use layer::{
 };
 pub use sender::{EventSender, SendError, TrySendError, do_heartbeat, send_event};
 pub use stats::{SseStats, active_streams};
+pub use stream::{DEFAULT_BUFFER, DEFAULT_HEARTBEAT, SseResponse, start_stream};
 /// The shutdown signal taken by [`SseLayer::shutdown_on`] (re-exported from `tokio-util`).
 pub use tokio_util::sync::CancellationToken;
-pub use stream::{DEFAULT_BUFFER, DEFAULT_HEARTBEAT, SseResponse, start_stream};

@@ -64,10 +64,7 @@ impl EventSender {
     /// Queues bytes already encoded (by the hub, which encodes each event once
     /// for every subscriber), waiting for room like [`send`](Self::send).
     pub(crate) async fn send_encoded(&self, bytes: bytes::Bytes) -> Result<(), SendError> {
-        self.shared
-            .push(bytes)
-            .await
-            .map_err(|_| SendError::Closed)
+        self.shared.push(bytes).await.map_err(|_| SendError::Closed)
     }
 
     /// Sends an event if there is room now, never waiting (core.async's `put!`).

@@ -6,11 +6,11 @@ use std::{fmt, future::Future, sync::Arc, time::Duration};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures::future::BoxFuture;
-use tokio_util::sync::CancellationToken;
 use http::{
     HeaderMap, HeaderValue, StatusCode, Version,
     header::{CACHE_CONTROL, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE},
 };
+use tokio_util::sync::CancellationToken;
 
 use crate::{
     Buffer, DisconnectReason, Event, EventSender, EventStream, StreamContext, stats::SseStats,

@@ -52,14 +52,20 @@ async fn one_publish_reaches_every_stream() {
     }
     subscribed(&hub, 20).await;
     for i in 0..50 {
-        let id = hub.publish("main", Event::new(format!("m{i}")).name("chat")).await.unwrap();
+        let id = hub
+            .publish("main", Event::new(format!("m{i}")).name("chat"))
+            .await
+            .unwrap();
         assert_eq!(id, (i + 1).to_string());
     }
     hub.publish("other", "not for main").await.unwrap();
     for client in &mut clients {
         for i in 0..50 {
             let event = next_event(client).await.unwrap();
-            assert_eq!((event.event.as_str(), event.data.clone()), ("chat", format!("m{i}")));
+            assert_eq!(
+                (event.event.as_str(), event.data.clone()),
+                ("chat", format!("m{i}"))
+            );
             assert_eq!(event.id, (i + 1).to_string());
         }
     }
@@ -103,7 +109,10 @@ async fn an_id_older_than_history_gets_a_reset() {
     }
     let mut stream = events(open(addr, "main", Some("2")).await);
     let reset = next_event(&mut stream).await.unwrap();
-    assert_eq!((reset.event.as_str(), reset.data.as_str()), (RESET_EVENT, "2"));
+    assert_eq!(
+        (reset.event.as_str(), reset.data.as_str()),
+        (RESET_EVENT, "2")
+    );
     subscribed(&hub, 1).await;
     hub.publish("main", "live").await.unwrap();
     let live = next_event(&mut stream).await.unwrap();
@@ -127,7 +136,10 @@ async fn history_forgets_by_age() {
     hub.publish("main", "new").await.unwrap();
     let mut stream = events(open(addr, "main", Some("0")).await);
     let first = next_event(&mut stream).await.unwrap();
-    assert_eq!((first.event.as_str(), first.data.as_str()), (RESET_EVENT, "0"));
+    assert_eq!(
+        (first.event.as_str(), first.data.as_str()),
+        (RESET_EVENT, "0")
+    );
     let mut stream = events(open(addr, "main", Some("1")).await);
     let next = next_event(&mut stream).await.unwrap();
     assert_eq!((next.id.as_str(), next.data.as_str()), ("2", "new"));
@@ -138,7 +150,12 @@ async fn publisher_ids_are_kept_and_resumable() {
     let hub = Hub::new();
     let addr = serve(app(&hub, Buffer::fixed(16))).await;
     for name in ["alpha", "beta", "gamma"] {
-        assert_eq!(hub.publish("main", Event::new(name).id(name)).await.unwrap(), name);
+        assert_eq!(
+            hub.publish("main", Event::new(name).id(name))
+                .await
+                .unwrap(),
+            name
+        );
     }
     let mut stream = events(open(addr, "main", Some("alpha")).await);
     assert_eq!(next_event(&mut stream).await.unwrap().id, "beta");
@@ -154,7 +171,9 @@ async fn several_topics_merge_in_publish_order_and_resume_from_one_id() {
     let hub = Hub::new();
     let addr = serve(app(&hub, Buffer::fixed(64))).await;
     for i in 0..30 {
-        hub.publish(if i % 3 == 0 { "a" } else { "b" }, format!("{i}")).await.unwrap();
+        hub.publish(if i % 3 == 0 { "a" } else { "b" }, format!("{i}"))
+            .await
+            .unwrap();
         hub.publish("c", "elsewhere").await.unwrap();
     }
     let mut stream = events(open(addr, "a,b", Some("0")).await);
@@ -171,7 +190,10 @@ async fn several_topics_merge_in_publish_order_and_resume_from_one_id() {
     let middle = ids[14].to_string();
     let mut stream = events(open(addr, "a,b", Some(&middle)).await);
     for expected in 15..30 {
-        assert_eq!(next_event(&mut stream).await.unwrap().data, expected.to_string());
+        assert_eq!(
+            next_event(&mut stream).await.unwrap().data,
+            expected.to_string()
+        );
     }
 }
 
@@ -187,12 +209,20 @@ fn check_gaps_are_marked(received: &[Received], published: u64) -> u64 {
             continue;
         }
         let id: u64 = event.id.parse().unwrap();
-        assert_eq!(id, expected_next + pending_lag, "unmarked gap or duplicate before id {id}");
+        assert_eq!(
+            id,
+            expected_next + pending_lag,
+            "unmarked gap or duplicate before id {id}"
+        );
         missed_total += pending_lag;
         pending_lag = 0;
         expected_next = id + 1;
     }
-    assert_eq!(expected_next - 1 + pending_lag, published, "the tail is missing");
+    assert_eq!(
+        expected_next - 1 + pending_lag,
+        published,
+        "the tail is missing"
+    );
     missed_total + pending_lag
 }
 
@@ -208,18 +238,20 @@ async fn a_slow_subscriber_lags_visibly_and_never_slows_publishing() {
     let _ = body.next().await;
     let started = tokio::time::Instant::now();
     for i in 0..PUBLISHED {
-        hub.publish("main", Event::new("x".repeat(2000)).comment(i.to_string())).await
+        hub.publish("main", Event::new("x".repeat(2000)).comment(i.to_string()))
+            .await
             .unwrap();
         if i % 100 == 0 {
             tokio::task::yield_now().await;
         }
     }
     let publish_time = started.elapsed();
-    hub.publish("main", Event::new("the end").name("end")).await.unwrap();
+    hub.publish("main", Event::new("the end").name("end"))
+        .await
+        .unwrap();
     // Now read everything, with the independent parser.
-    let mut events = Box::pin(
-        eventsource_stream::Eventsource::eventsource(body).map(|e| e.unwrap()),
-    );
+    let mut events =
+        Box::pin(eventsource_stream::Eventsource::eventsource(body).map(|e| e.unwrap()));
     let mut received = Vec::new();
     loop {
         let event = next_event(&mut events).await.unwrap();
@@ -232,7 +264,9 @@ async fn a_slow_subscriber_lags_visibly_and_never_slows_publishing() {
     let missed = check_gaps_are_marked(&received, PUBLISHED + 1);
     assert!(missed > 0, "this subscriber should have lagged");
     assert_eq!(hub.lagged_events(), missed);
-    println!("published {PUBLISHED} in {publish_time:?}; the stalled subscriber missed {missed}, all marked");
+    println!(
+        "published {PUBLISHED} in {publish_time:?}; the stalled subscriber missed {missed}, all marked"
+    );
 }
 
 #[tokio::test]
@@ -241,7 +275,10 @@ async fn lag_policy_close_ends_the_lagging_stream() {
         .history(2_000)
         .lag_policy(LagPolicy::Close)
         .build();
-    let small = Hub::builder().history(20).lag_policy(LagPolicy::Close).build();
+    let small = Hub::builder()
+        .history(20)
+        .lag_policy(LagPolicy::Close)
+        .build();
     for hub in [hub, small.clone()] {
         let addr = serve(app(&hub, Buffer::fixed(2))).await;
         let mut socket = tokio::net::TcpStream::connect(addr).await.unwrap();
@@ -293,7 +330,9 @@ async fn resume_under_concurrency_is_exact() {
                     let mut stream = events(open(addr, "main", Some(&last)).await);
                     let take = 1 + next_random(300);
                     for _ in 0..take {
-                        let Some(event) = next_event(&mut stream).await else { break };
+                        let Some(event) = next_event(&mut stream).await else {
+                            break;
+                        };
                         assert_ne!(event.event, RESET_EVENT, "history covers everything");
                         last = event.id.clone();
                         let done = last == TOTAL.to_string();
@@ -334,7 +373,9 @@ async fn resume_under_concurrency_is_exact() {
         assert_eq!(ids, (1..=TOTAL).collect::<Vec<_>>(), "gap or duplicate");
         reconnects_total += reconnects;
     }
-    println!("{SUBSCRIBERS} subscribers, {TOTAL} events from {PUBLISHERS} publishers, {reconnects_total} reconnects: exact");
+    println!(
+        "{SUBSCRIBERS} subscribers, {TOTAL} events from {PUBLISHERS} publishers, {reconnects_total} reconnects: exact"
+    );
 }
 
 #[tokio::test]

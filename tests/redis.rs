@@ -85,12 +85,20 @@ async fn an_event_published_on_one_node_reaches_clients_of_the_other() {
     eventually("subscriptions on B", || node_b.subscribers() == 3).await;
     let mut ids = Vec::new();
     for i in 0..50 {
-        ids.push(node_a.publish("room", Event::new(format!("m{i}")).name("chat")).await.unwrap());
+        ids.push(
+            node_a
+                .publish("room", Event::new(format!("m{i}")).name("chat"))
+                .await
+                .unwrap(),
+        );
     }
     for client in &mut clients {
         for (i, id) in ids.iter().enumerate() {
             let event = next_event(client).await.unwrap();
-            assert_eq!((event.event.as_str(), event.data.clone()), ("chat", format!("m{i}")));
+            assert_eq!(
+                (event.event.as_str(), event.data.clone()),
+                ("chat", format!("m{i}"))
+            );
             assert_eq!(&event.id, id, "the Redis entry id is the SSE id");
         }
     }
@@ -126,7 +134,11 @@ async fn a_client_moving_to_another_node_gets_exactly_what_it_missed() {
     ids.push(node_b.publish("room", "e15").await.unwrap());
     for (i, id) in ids.iter().enumerate().skip(4) {
         let event = next_event(&mut on_b).await.unwrap();
-        assert_eq!((&event.id, event.data.clone()), (id, format!("e{i}")), "gap or duplicate");
+        assert_eq!(
+            (&event.id, event.data.clone()),
+            (id, format!("e{i}")),
+            "gap or duplicate"
+        );
     }
 }
 
@@ -142,7 +154,10 @@ async fn an_id_redis_trimmed_gets_a_reset() {
     }
     let mut stream = events(open(addr_b, Some(&first)).await);
     let reset = next_event(&mut stream).await.unwrap();
-    assert_eq!((reset.event.as_str(), reset.data.as_str()), (RESET_EVENT, first.as_str()));
+    assert_eq!(
+        (reset.event.as_str(), reset.data.as_str()),
+        (RESET_EVENT, first.as_str())
+    );
     // Garbage is a reset too.
     let mut stream = events(open(addr_b, Some("not-an-id")).await);
     assert_eq!(next_event(&mut stream).await.unwrap().event, RESET_EVENT);
@@ -157,15 +172,27 @@ struct OwnRedis {
 
 impl OwnRedis {
     fn start(port: u16, dir: PathBuf) -> Self {
-        let child = Command::new(std::env::var("REDIS_SERVER").unwrap_or_else(|_| "redis-server".into()))
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", ""])
-            .args(["--appendonly", "yes", "--appendfsync", "always"])
-            .arg("--dir")
-            .arg(&dir)
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("redis-server not found (set REDIS_SERVER)");
-        Self { port, dir, child: Some(child) }
+        let child =
+            Command::new(std::env::var("REDIS_SERVER").unwrap_or_else(|_| "redis-server".into()))
+                .args([
+                    "--port",
+                    &port.to_string(),
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                ])
+                .args(["--appendonly", "yes", "--appendfsync", "always"])
+                .arg("--dir")
+                .arg(&dir)
+                .stdout(Stdio::null())
+                .spawn()
+                .expect("redis-server not found (set REDIS_SERVER)");
+        Self {
+            port,
+            dir,
+            child: Some(child),
+        }
     }
 
     fn url(&self) -> String {
@@ -174,7 +201,9 @@ impl OwnRedis {
 
     async fn wait_ready(&self) {
         eventually_async(|| async {
-            tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await.is_ok()
+            tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+                .await
+                .is_ok()
         })
         .await;
     }
@@ -236,26 +265,37 @@ async fn streams_survive_a_redis_restart_and_continue_without_gap() {
     for i in 0..5 {
         published.push(node_a.publish("room", format!("before {i}")).await.unwrap());
     }
-    let until = |wire: &Vec<u8>, needle: &str| {
-        String::from_utf8_lossy(wire).contains(needle)
-    };
+    let until = |wire: &Vec<u8>, needle: &str| String::from_utf8_lossy(wire).contains(needle);
     while !until(&wire, "before 4") {
-        wire.extend_from_slice(&tokio::time::timeout(PATIENCE, body.next()).await.unwrap().unwrap().unwrap());
+        wire.extend_from_slice(
+            &tokio::time::timeout(PATIENCE, body.next())
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap(),
+        );
     }
 
     redis.stop();
     let outage = tokio::time::Instant::now();
     let refused = node_a.publish("room", "during the outage").await;
-    assert!(matches!(refused, Err(PublishError::Unavailable(_))), "{refused:?}");
+    assert!(
+        matches!(refused, Err(PublishError::Unavailable(_))),
+        "{refused:?}"
+    );
     // The stream stays open: heartbeats keep coming while Redis is away.
     let heartbeats_before = String::from_utf8_lossy(&wire).matches(": \r\n").count();
     while tokio::time::Instant::now() < outage + Duration::from_millis(600) {
-        if let Ok(Some(chunk)) = tokio::time::timeout(Duration::from_millis(100), body.next()).await {
+        if let Ok(Some(chunk)) = tokio::time::timeout(Duration::from_millis(100), body.next()).await
+        {
             wire.extend_from_slice(&chunk.unwrap());
         }
     }
     let heartbeats = String::from_utf8_lossy(&wire).matches(": \r\n").count() - heartbeats_before;
-    assert!(heartbeats >= 3, "only {heartbeats} heartbeats during the outage");
+    assert!(
+        heartbeats >= 3,
+        "only {heartbeats} heartbeats during the outage"
+    );
 
     let redis = OwnRedis::start(port, dir);
     redis.wait_ready().await;
@@ -269,7 +309,10 @@ async fn streams_survive_a_redis_restart_and_continue_without_gap() {
             }
             Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
         }
-        assert!(outage.elapsed() < PATIENCE * 2, "publishing never recovered");
+        assert!(
+            outage.elapsed() < PATIENCE * 2,
+            "publishing never recovered"
+        );
     }
     while !until(&wire, "after 4") {
         let chunk = tokio::time::timeout(PATIENCE, body.next())
@@ -282,9 +325,12 @@ async fn streams_survive_a_redis_restart_and_continue_without_gap() {
     drop(body);
     // The whole wire, parsed independently: every published event once, in order.
     let parsed: Vec<_> = futures::executor::block_on(
-        eventsource_stream::Eventsource::eventsource(futures::stream::iter([Ok::<_, std::convert::Infallible>(wire)]))
-            .map(|e| e.unwrap())
-            .collect(),
+        eventsource_stream::Eventsource::eventsource(futures::stream::iter([Ok::<
+            _,
+            std::convert::Infallible,
+        >(wire)]))
+        .map(|e| e.unwrap())
+        .collect(),
     );
     let ids: Vec<String> = parsed.iter().map(|e| e.id.clone()).collect();
     assert_eq!(ids, published, "gap or duplicate across the restart");

@@ -76,7 +76,11 @@ async fn churn_leaves_no_stream_callback_or_task_behind() {
     let seen = ends.clone();
     let ready = |events: EventSender, _ctx: StreamContext| async move {
         for i in 0..5 {
-            if events.send(Event::new(i.to_string()).id(i.to_string())).await.is_err() {
+            if events
+                .send(Event::new(i.to_string()).id(i.to_string()))
+                .await
+                .is_err()
+            {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(1)).await;
@@ -116,17 +120,26 @@ async fn churn_leaves_no_stream_callback_or_task_behind() {
     let elapsed = started.elapsed();
 
     eventually("every stream to close", || stats.active_streams() == 0).await;
-    eventually("every task to end", || metrics.num_alive_tasks() == baseline).await;
+    eventually("every task to end", || {
+        metrics.num_alive_tasks() == baseline
+    })
+    .await;
     let ends = ends.lock().unwrap();
     assert_eq!(ends.len(), cycles, "one callback per stream");
-    assert!(ends.values().all(|reasons| reasons.len() == 1), "a callback fired twice");
+    assert!(
+        ends.values().all(|reasons| reasons.len() == 1),
+        "a callback fired twice"
+    );
     assert_eq!(stats.streams_opened(), cycles as u64);
     assert_eq!(stats.streams_closed(), cycles as u64);
     let completed = ends
         .values()
         .filter(|r| r[0] == DisconnectReason::Completed)
         .count();
-    assert!(completed >= cycles / 3, "every read-to-end client saw a completed stream");
+    assert!(
+        completed >= cycles / 3,
+        "every read-to-end client saw a completed stream"
+    );
     println!(
         "churn: {cycles} cycles in {elapsed:?}; tasks before {baseline}, after {}; \
          open streams after {}; callbacks {} ({completed} completed)",
@@ -172,7 +185,10 @@ async fn slow_reader(buffer: Buffer) -> (u64, usize, u64, usize) {
     }
     let sent_after = sent.load(SeqCst);
     let bound = sender.capacity() * EVENT;
-    assert!(max_queued <= bound, "queued {max_queued} bytes, bound {bound}");
+    assert!(
+        max_queued <= bound,
+        "queued {max_queued} bytes, bound {bound}"
+    );
     let dropped = sender.dropped();
     println!(
         "  {sent_before} events of {EVENT} B accepted before the stall: the rest sit in hyper's and the kernel's buffers"
@@ -184,7 +200,9 @@ async fn slow_reader(buffer: Buffer) -> (u64, usize, u64, usize) {
 #[tokio::test]
 async fn slow_reader_fixed_buffer_makes_the_producer_wait() {
     let (sent_while_stalled, queued, dropped, bound) = slow_reader(Buffer::fixed(16)).await;
-    println!("slow reader, fixed(16): queued {queued} B (bound {bound}), sent while stalled {sent_while_stalled}, dropped {dropped}");
+    println!(
+        "slow reader, fixed(16): queued {queued} B (bound {bound}), sent while stalled {sent_while_stalled}, dropped {dropped}"
+    );
     assert_eq!(sent_while_stalled, 0, "the producer kept going");
     assert_eq!(dropped, 0);
 }
@@ -192,7 +210,9 @@ async fn slow_reader_fixed_buffer_makes_the_producer_wait() {
 #[tokio::test]
 async fn slow_reader_dropping_buffer_counts_what_it_drops() {
     let (sent_while_stalled, queued, dropped, bound) = slow_reader(Buffer::dropping(16)).await;
-    println!("slow reader, dropping(16): queued {queued} B (bound {bound}), sent while stalled {sent_while_stalled}, dropped {dropped}");
+    println!(
+        "slow reader, dropping(16): queued {queued} B (bound {bound}), sent while stalled {sent_while_stalled}, dropped {dropped}"
+    );
     assert!(sent_while_stalled > 0);
     assert!(dropped >= sent_while_stalled, "drops are counted");
 }
@@ -200,7 +220,9 @@ async fn slow_reader_dropping_buffer_counts_what_it_drops() {
 #[tokio::test]
 async fn slow_reader_sliding_buffer_counts_what_it_drops() {
     let (sent_while_stalled, queued, dropped, bound) = slow_reader(Buffer::sliding(16)).await;
-    println!("slow reader, sliding(16): queued {queued} B (bound {bound}), sent while stalled {sent_while_stalled}, dropped {dropped}");
+    println!(
+        "slow reader, sliding(16): queued {queued} B (bound {bound}), sent while stalled {sent_while_stalled}, dropped {dropped}"
+    );
     assert!(sent_while_stalled > 0);
     assert!(dropped >= sent_while_stalled, "drops are counted");
 }
@@ -239,7 +261,11 @@ async fn shutdown_ends_every_stream_and_lets_serve_return() {
     );
     let mut clients = Vec::new();
     for n in 0..STREAMS {
-        let path = if n % 2 == 0 { "/events?busy" } else { "/events?idle" };
+        let path = if n % 2 == 0 {
+            "/events?busy"
+        } else {
+            "/events?idle"
+        };
         let (socket, seen) = open_raw(addr, path).await;
         clients.push((socket, seen));
     }
@@ -372,5 +398,8 @@ async fn heartbeats_keep_a_response_body_timeout_from_firing() {
     })
     .await
     .unwrap();
-    assert!(outcome.is_err(), "the timeout should have cut the silent stream");
+    assert!(
+        outcome.is_err(),
+        "the timeout should have cut the silent stream"
+    );
 }

@@ -523,34 +523,36 @@ impl Hub {
             .read()
             .unwrap_or_else(PoisonError::into_inner);
         let mut missed = 0;
-        let topics: Vec<&Topic> = names
+        // Each subscribed topic with this stream's cursor in it.
+        let mut lanes: Vec<(&Topic, &mut u64)> = names
             .iter()
-            .filter_map(|name| state.topics.get(*name))
+            .zip(cursors.iter_mut())
+            .filter_map(|(name, cursor)| Some((state.topics.get(*name)?, cursor)))
             .collect();
-        for (topic, cursor) in topics.iter().zip(cursors.iter_mut()) {
-            if *cursor < topic.first_index {
-                missed += topic.first_index - *cursor;
-                *cursor = topic.first_index;
+        for (topic, cursor) in &mut lanes {
+            if **cursor < topic.first_index {
+                missed += topic.first_index - **cursor;
+                **cursor = topic.first_index;
             }
         }
         while batch.len() < MAX_BATCH {
-            // The topic whose next event is the oldest.
-            let next = topics
+            // The lane whose next event is the oldest.
+            let next = lanes
                 .iter()
-                .zip(cursors.iter())
                 .enumerate()
                 .filter_map(|(i, (topic, cursor))| {
-                    topic
-                        .entries
-                        .get((cursor - topic.first_index) as usize)
-                        .map(|entry| (entry.seq, i))
+                    let entry = topic.entries.get((**cursor - topic.first_index) as usize)?;
+                    Some((entry.seq, i))
                 })
                 .min();
             let Some((_, i)) = next else { break };
-            let topic = topics[i];
-            let entry = &topic.entries[(cursors[i] - topic.first_index) as usize];
-            batch.push(entry.bytes.clone());
-            cursors[i] += 1;
+            let (topic, cursor) = &mut lanes[i];
+            batch.push(
+                topic.entries[(**cursor - topic.first_index) as usize]
+                    .bytes
+                    .clone(),
+            );
+            **cursor += 1;
         }
         missed
     }

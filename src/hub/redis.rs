@@ -73,7 +73,9 @@ impl HubBuilder {
                 .set_number_of_retries(2)
                 .set_max_delay(Duration::from_secs(1))
         };
-        let conn = ConnectionManager::new_with_config(client.clone(), config(Duration::from_secs(1))).await?;
+        let conn =
+            ConnectionManager::new_with_config(client.clone(), config(Duration::from_secs(1)))
+                .await?;
         let reader = ConnectionManager::new_with_config(client, config(READ_BLOCK * 4)).await?;
         let following = Arc::new(Mutex::new(HashMap::new()));
         let wake_reader = Arc::new(Notify::new());
@@ -103,7 +105,11 @@ impl Backend {
     }
 
     /// `XADD`: Redis gives the id; an id set by the publisher is replaced.
-    pub(super) async fn publish(&self, topic: &str, mut event: Event) -> Result<String, PublishError> {
+    pub(super) async fn publish(
+        &self,
+        topic: &str,
+        mut event: Event,
+    ) -> Result<String, PublishError> {
         event.id = None;
         let stored = event.encode().map_err(PublishError::Invalid)?;
         let mut conn = self.conn.clone();
@@ -173,7 +179,10 @@ impl Backend {
     /// Makes the reader follow `names`, each from the stream's current end.
     async fn follow(&self, hub: &Hub, names: &[&str]) {
         let new: Vec<&str> = {
-            let following = self.following.lock().unwrap_or_else(PoisonError::into_inner);
+            let following = self
+                .following
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
             names
                 .iter()
                 .copied()
@@ -296,7 +305,11 @@ async fn lost_after(
         Some(Value::Int(n)) => n,
         _ => 0,
     };
-    let id = |name: &str| field(name).and_then(|v| text(&v)).and_then(|id| parse_id(&id));
+    let id = |name: &str| {
+        field(name)
+            .and_then(|v| text(&v))
+            .and_then(|id| parse_id(&id))
+    };
     // XDEL records what it removes; trimming only removes from the front,
     // everything before the first entry still there.
     let deleted = id("max-deleted-entry-id").is_some_and(|deleted| deleted > after);
@@ -308,12 +321,19 @@ async fn lost_after(
 /// Joins the local ring after `after`; `None` if the ring already dropped
 /// entries after it (replay more first).
 fn join(hub: &Hub, names: &[&str], after: StreamId) -> Option<Vec<u64>> {
-    let state = hub.inner.state.read().unwrap_or_else(PoisonError::into_inner);
+    let state = hub
+        .inner
+        .state
+        .read()
+        .unwrap_or_else(PoisonError::into_inner);
     names
         .iter()
         .map(|name| {
             let topic = state.topics.get(*name)?;
-            if topic.last_evicted_stream_id.is_some_and(|evicted| evicted > after) {
+            if topic
+                .last_evicted_stream_id
+                .is_some_and(|evicted| evicted > after)
+            {
                 return None;
             }
             let skip = topic
@@ -380,13 +400,20 @@ async fn read_loop(
             let mut following = following.lock().unwrap_or_else(PoisonError::into_inner);
             for (key, entries) in pairs(&reply) {
                 let Some(key) = text(&key) else { continue };
-                let Some(name) = key.strip_prefix(&prefix) else { continue };
+                let Some(name) = key.strip_prefix(&prefix) else {
+                    continue;
+                };
                 let entries = parse_entries(&entries);
-                let Some(last) = entries.last().map(|(id, _, _)| *id) else { continue };
+                let Some(last) = entries.last().map(|(id, _, _)| *id) else {
+                    continue;
+                };
                 let now = Instant::now();
                 let seq_start = state.next_seq;
                 state.next_seq += entries.len() as u64;
-                let topic = state.topics.entry(name.to_owned()).or_insert_with(Topic::new);
+                let topic = state
+                    .topics
+                    .entry(name.to_owned())
+                    .or_insert_with(Topic::new);
                 for (n, (stream_id, id, stored)) in entries.into_iter().enumerate() {
                     topic.entries.push_back(Entry {
                         seq: seq_start + n as u64,
@@ -445,13 +472,19 @@ fn text(value: &Value) -> Option<String> {
 fn pairs(value: &Value) -> Vec<(Value, Value)> {
     match value {
         Value::Map(pairs) => pairs.clone(),
-        Value::Array(items) if items.iter().all(|i| matches!(i, Value::Array(p) if p.len() == 2)) => items
-            .iter()
-            .filter_map(|item| match item {
-                Value::Array(pair) => Some((pair[0].clone(), pair[1].clone())),
-                _ => None,
-            })
-            .collect(),
+        Value::Array(items)
+            if items
+                .iter()
+                .all(|i| matches!(i, Value::Array(p) if p.len() == 2)) =>
+        {
+            items
+                .iter()
+                .filter_map(|item| match item {
+                    Value::Array(pair) => Some((pair[0].clone(), pair[1].clone())),
+                    _ => None,
+                })
+                .collect()
+        }
         Value::Array(items) => items
             .chunks_exact(2)
             .map(|pair| (pair[0].clone(), pair[1].clone()))
@@ -468,7 +501,9 @@ fn parse_entries(value: &Value) -> Vec<(StreamId, String, Bytes)> {
     entries
         .iter()
         .filter_map(|entry| {
-            let Value::Array(parts) = entry else { return None };
+            let Value::Array(parts) = entry else {
+                return None;
+            };
             let id = text(parts.first()?)?;
             let stream_id = parse_id(&id)?;
             let stored = pairs(parts.get(1)?)

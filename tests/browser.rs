@@ -1,0 +1,849 @@
+//! The `live` example in a real browser: Debian's Chromium, headless, driven
+//! over the DevTools protocol by `chromiumoxide`. Every check reads what the
+//! page's own `EventSource` listeners recorded in `window.sseState`.
+//!
+//! Without Chromium these tests are skipped with a message; with
+//! `TOWER_SSE_BROWSER_TESTS=1` a missing Chromium is a failure instead.
+//! `CHROMIUM` names another executable than `/usr/bin/chromium`.
+//! `TOWER_SSE_SCREENSHOT=1` rewrites `docs/live.png`.
+//!
+//! Each test runs its own server on `127.0.0.1:0` and its own Chromium
+//! (fresh profile, in its own process group). A watchdog ends that group when
+//! the test closes the browser, fails, times out or dies (even by SIGKILL),
+//! and `timeout` ends Chromium after [`CHROMIUM_LIFETIME`] in any case. The
+//! tests take turns.
+#![cfg(unix)]
+
+#[path = "../examples/live.rs"]
+mod live;
+
+#[path = "../examples/chat.rs"]
+mod chat;
+
+mod common;
+
+use std::{
+    fs,
+    future::Future,
+    io::Write as _,
+    os::unix::process::CommandExt as _,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::{
+        Once,
+        atomic::{AtomicUsize, Ordering::SeqCst},
+    },
+    time::{Duration, Instant},
+};
+
+use chromiumoxide::{
+    Browser, Page,
+    handler::{HandlerConfig, viewport::Viewport},
+    page::ScreenshotParams,
+};
+use futures::StreamExt as _;
+use live::{Monitor, Settings};
+use serde::Deserialize;
+
+use common::PATIENCE;
+
+/// The flags the browser runs with (plus a fresh `--user-data-dir` and
+/// `--remote-debugging-port=0`).
+const CHROMIUM_FLAGS: &[&str] = &[
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--hide-scrollbars",
+];
+
+/// Chromium is killed after this long whatever happens to the test process.
+const CHROMIUM_LIFETIME: Duration = Duration::from_secs(120);
+
+/// The most one test may take, browser start and stop included.
+const TEST_LIMIT: Duration = Duration::from_secs(60);
+
+/// The page's size (and the screenshot's).
+const VIEWPORT: (u32, u32) = (1040, 730);
+
+/// One browser at a time: two cores, and timing checks.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+// ---------------------------------------------------------------------------
+// The tests
+
+/// Events arrive in order, with their data (several lines, non-ASCII), their
+/// type and their id as `lastEventId`.
+#[tokio::test]
+async fn events_arrive_in_order_with_data_type_and_id() {
+    let Some(chromium) = chromium() else { return };
+    bounded(async {
+        let settings = Settings {
+            events_per_stream: 1000,
+            interval: Duration::from_millis(100),
+            ..Settings::default()
+        };
+        let (browser, page, _monitor) = start(&chromium, settings, "/").await;
+        let state = wait_for(&page, "12 events", |s| s.events.len() >= 12).await;
+
+        for (i, event) in state.events.iter().take(12).enumerate() {
+            let n = i as u64 + 1;
+            let round = n.div_ceil(3);
+            assert_eq!(event.last_event_id, n.to_string(), "event {n}: {event:?}");
+            match n % 3 {
+                1 => {
+                    assert_eq!(event.r#type, "tick", "event {n}");
+                    assert!(is_clock(&event.data), "event {n}: {:?}", event.data);
+                }
+                2 => {
+                    assert_eq!(event.r#type, "counter", "event {n}");
+                    assert_eq!(event.data, round.to_string(), "event {n}");
+                }
+                _ => {
+                    assert_eq!(event.r#type, "message", "event {n}");
+                    assert_eq!(event.data, MESSAGES[(round - 1) as usize], "event {n}");
+                }
+            }
+        }
+        assert_eq!(state.state, "open");
+        assert_eq!(
+            state.opens, 1,
+            "no reconnect expected: {:?}",
+            state.timeline
+        );
+        assert_eq!(state.url, "/events");
+        browser.close().await;
+    })
+    .await;
+}
+
+/// `tick` and `counter` events reach only the listeners for their name; the
+/// events without a name arrive as `message`.
+#[tokio::test]
+async fn named_events_reach_only_their_listeners() {
+    // On the wire, the third event of each round has no `event:` field.
+    let unnamed = live::event(3).encode().unwrap();
+    assert!(!unnamed.windows(6).any(|w| w == b"event:"), "{unnamed:?}");
+    assert!(
+        live::event(1)
+            .encode()
+            .unwrap()
+            .starts_with(b"event: tick\r\n")
+    );
+    let Some(chromium) = chromium() else { return };
+
+    bounded(async {
+        let settings = Settings {
+            events_per_stream: 1000,
+            interval: Duration::from_millis(100),
+            ..Settings::default()
+        };
+        let (browser, page, _monitor) = start(&chromium, settings, "/").await;
+        let state = wait_for(&page, "9 events", |s| s.events.len() >= 9).await;
+
+        for (i, event) in state.events.iter().enumerate() {
+            let n = event.id();
+            assert_eq!(n, i as u64 + 1, "{:?}", state.events);
+            let expected = ["message", "tick", "counter"][(n % 3) as usize];
+            assert_eq!(
+                event.listener, expected,
+                "event {n} went to the wrong listener"
+            );
+            assert_eq!(event.r#type, expected, "event {n}");
+        }
+        let count = |listener: &str| {
+            let events = state.events.iter().filter(|e| e.listener == listener);
+            events.count()
+        };
+        let total = state.events.len();
+        assert_eq!(count("tick"), total.div_ceil(3));
+        assert_eq!(count("counter"), (total + 1) / 3);
+        assert_eq!(count("message"), total / 3);
+        browser.close().await;
+    })
+    .await;
+}
+
+/// The server ends each stream after 5 events; the browser waits the `retry`
+/// delay, reconnects with `Last-Event-ID`, and the stream resumes with the
+/// next event: no gap, no duplicate.
+#[tokio::test]
+async fn reconnects_resume_after_the_last_event_id() {
+    let Some(chromium) = chromium() else { return };
+    bounded(async {
+        let retry = Duration::from_millis(400);
+        let settings = Settings {
+            events_per_stream: 5,
+            interval: Duration::from_millis(50),
+            retry,
+            ..Settings::default()
+        };
+        let (browser, page, monitor) = start(&chromium, settings, "/").await;
+        let state = wait_for(&page, "16 events (three reconnects)", |s| {
+            s.events.len() >= 16
+        })
+        .await;
+
+        // Every id once, in order, across four streams.
+        let ids: Vec<u64> = state.events.iter().map(|e| e.id()).collect();
+        let expected: Vec<u64> = (1..=ids.len() as u64).collect();
+        assert_eq!(ids, expected, "gap or duplicate");
+        for event in &state.events {
+            let n = event.id();
+            assert_eq!(
+                event.r#type,
+                ["message", "tick", "counter"][(n % 3) as usize]
+            );
+            if n % 3 == 2 {
+                assert_eq!(event.data, n.div_ceil(3).to_string(), "event {n}");
+            }
+        }
+
+        // What the browser sent, as the ready function saw it.
+        let sent = monitor.last_event_ids.lock().unwrap().clone();
+        let resumed: Vec<Option<&str>> = sent.iter().take(4).map(Option::as_deref).collect();
+        assert_eq!(resumed, [None, Some("5"), Some("10"), Some("15")]);
+        assert!(state.reconnects >= 3, "{state:?}");
+
+        // Each reconnect waited the announced `retry`, not the browser's 3 s default.
+        let delays = reconnect_delays(&state);
+        assert!(delays.len() >= 3, "{:?}", state.timeline);
+        for delay in delays {
+            assert!(
+                delay >= retry.as_millis() as f64 - 50.0 && delay < 2500.0,
+                "reconnected after {delay} ms, retry is {retry:?}"
+            );
+        }
+        browser.close().await;
+    })
+    .await;
+}
+
+/// A 401 from the wrapped handler: the `EventSource` gives up (readyState 2)
+/// and the ready function never runs. With the token the same route streams.
+#[tokio::test]
+async fn a_refused_stream_makes_the_browser_give_up() {
+    let Some(chromium) = chromium() else { return };
+    bounded(async {
+        let (browser, page, monitor) =
+            start(&chromium, Settings::default(), "/?stream=/private/events").await;
+        let state = wait_for(&page, "the EventSource to give up", |s| s.ready_state == 2).await;
+        assert_eq!(state.state, "closed");
+        assert_eq!(state.url, "/private/events");
+
+        // readyState 2 means no retry will come; check that none does for a while.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let state = read_state(&page).await;
+        assert_eq!(state.ready_state, 2);
+        assert_eq!(state.opens, 0);
+        assert!(state.events.is_empty(), "{state:?}");
+        assert_eq!(monitor.refused.load(SeqCst), 1, "the browser asked again");
+        assert_eq!(
+            monitor.ready_calls.load(SeqCst),
+            0,
+            "the ready function ran"
+        );
+
+        // The control: with the token, the handler answers 200 and the stream starts.
+        let authorised = format!("/?stream=%2Fprivate%2Fevents%3Ftoken%3D{}", live::TOKEN);
+        let page = browser.open(&authorised).await;
+        let state = wait_for(&page, "an event", |s| !s.events.is_empty()).await;
+        assert_eq!(state.ready_state, 1);
+        assert_eq!(state.events[0].r#type, "tick");
+        assert_eq!(monitor.ready_calls.load(SeqCst), 1);
+        assert_eq!(monitor.refused.load(SeqCst), 1);
+        browser.close().await;
+    })
+    .await;
+}
+
+/// Heartbeats go out in every silence, and the page sees no event for them.
+#[tokio::test]
+async fn heartbeats_produce_no_events() {
+    let Some(chromium) = chromium() else { return };
+    bounded(async {
+        let settings = Settings {
+            events_per_stream: 1000,
+            interval: Duration::from_millis(500),
+            heartbeat: Duration::from_millis(40),
+            ..Settings::default()
+        };
+        let (browser, page, _monitor) = start(&chromium, settings, "/").await;
+        let state = wait_for(&page, "7 events (two silences)", |s| s.events.len() >= 7).await;
+        let ids: Vec<u64> = state.events.iter().map(|e| e.id()).collect();
+        assert_eq!(ids, (1..=ids.len() as u64).collect::<Vec<_>>());
+        for event in &state.events {
+            assert_eq!(
+                event.r#type,
+                ["message", "tick", "counter"][(event.id() % 3) as usize]
+            );
+            assert!(!event.data.is_empty(), "{event:?}");
+        }
+        assert_eq!(state.opens, 1);
+        assert!(
+            state.timeline.iter().all(|m| m.what == "open"),
+            "{:?}",
+            state.timeline
+        );
+
+        // The same stream read raw: heartbeat comments fill the silences.
+        let response = reqwest::get(format!("{}/events", browser.server))
+            .await
+            .unwrap();
+        let mut body = response.bytes_stream();
+        let mut wire = Vec::new();
+        while !String::from_utf8_lossy(&wire).contains("id: 4\r\n") {
+            let chunk = tokio::time::timeout(PATIENCE, body.next())
+                .await
+                .expect("no bytes came")
+                .expect("the stream ended")
+                .unwrap();
+            wire.extend_from_slice(&chunk);
+        }
+        let wire = String::from_utf8(wire).unwrap();
+        let heartbeats = wire
+            .split("\r\n")
+            .filter(|line| line.starts_with(':'))
+            .count();
+        assert!(heartbeats >= 5, "{heartbeats} heartbeats in {wire:?}");
+        browser.close().await;
+    })
+    .await;
+}
+
+/// The page shows what its listeners received (state, panels, reconnects);
+/// the screenshot goes to the test's target directory, and to
+/// `docs/live.png` with `TOWER_SSE_SCREENSHOT=1`.
+#[tokio::test]
+async fn the_page_shows_the_stream() {
+    let Some(chromium) = chromium() else { return };
+    bounded(async {
+        // For the picture, the example's own pace (slower); otherwise a fast one.
+        let picture = std::env::var("TOWER_SSE_SCREENSHOT").as_deref() == Ok("1");
+        let (settings, patience) = if picture {
+            (Settings::default(), Duration::from_secs(40))
+        } else {
+            let settings = Settings {
+                events_per_stream: 10,
+                interval: Duration::from_millis(300),
+                heartbeat: Duration::from_millis(200),
+                retry: Duration::from_millis(300),
+            };
+            (settings, PATIENCE)
+        };
+        let (browser, page, _monitor) = start(&chromium, settings, "/").await;
+        // Two reconnects, and the non-ASCII message on show.
+        wait_within(&page, "two reconnects", patience, |s| {
+            s.reconnects >= 2
+                && s.state == "open"
+                && s.events.last().is_some_and(|e| e.data == MESSAGES[1])
+        })
+        .await;
+
+        let view: View = evaluate(
+            &page,
+            "({ state: window.sseState, text: Object.fromEntries(
+                ['state', 'reconnects', 'count', 'last-id', 'tick-data', 'counter-data',
+                 'counter-id', 'message-data', 'message-id', 'ready-state']
+                .map((id) => [id, document.getElementById(id).textContent])),
+                rows: document.getElementById('log').rows.length })",
+        )
+        .await;
+        let (state, text) = (&view.state, &view.text);
+        let last = |listener: &str| {
+            let mut events = state.events.iter().filter(|e| e.listener == listener);
+            events.next_back().unwrap()
+        };
+        assert_eq!(text["state"], state.state);
+        assert_eq!(text["reconnects"], state.reconnects.to_string());
+        assert_eq!(text["count"], state.events.len().to_string());
+        assert_eq!(text["last-id"], state.events.last().unwrap().last_event_id);
+        assert_eq!(text["ready-state"], "1");
+        assert_eq!(text["tick-data"], last("tick").data);
+        assert_eq!(text["counter-data"], last("counter").data);
+        assert_eq!(text["counter-id"], last("counter").last_event_id);
+        assert_eq!(text["message-data"], last("message").data);
+        assert_eq!(text["message-id"], last("message").last_event_id);
+        assert_eq!(view.rows, 8.min(state.events.len()));
+
+        let png = tokio::time::timeout(PATIENCE, page.screenshot(ScreenshotParams::default()))
+            .await
+            .expect("no screenshot came")
+            .unwrap();
+        assert!(png.starts_with(b"\x89PNG\r\n\x1a\n"));
+        let scratch = Path::new(env!("CARGO_TARGET_TMPDIR")).join("live.png");
+        fs::write(&scratch, &png).unwrap();
+        if picture {
+            let docs = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs");
+            fs::create_dir_all(&docs).unwrap();
+            fs::write(docs.join("live.png"), &png).unwrap();
+        }
+        browser.close().await;
+    })
+    .await;
+}
+
+/// The chat example in two tabs: a message posted in one shows in the other,
+/// and after every stream is dropped both tabs reconnect and catch up from
+/// history with no gap and no duplicate.
+#[tokio::test]
+async fn chat_messages_cross_tabs_and_reconnects_catch_up() {
+    let Some(chromium) = chromium() else { return };
+    bounded(async {
+        let hub = tower_sse::Hub::new();
+        let addr = common::serve(chat::app(hub.clone())).await;
+        let browser = Chromium::launch(&chromium, format!("http://{addr}")).await;
+        let tabs = [browser.open("/").await, browser.open("/").await];
+        for tab in &tabs {
+            wait_for_chat(tab, "the stream to open", |s| s.state == "open").await;
+        }
+        eventually_subscribed(&hub, 2).await;
+
+        // Typed and sent from the first tab's own form.
+        let _: bool = evaluate(
+            &tabs[0],
+            "document.getElementById('text').value = 'hello from tab one ☃'; \
+             document.getElementById('send').requestSubmit(); true",
+        )
+        .await;
+        let seen = wait_for_chat(&tabs[1], "the message in the other tab", |s| {
+            !s.messages.is_empty()
+        })
+        .await;
+        assert_eq!(seen.messages[0].text, "hello from tab one ☃");
+        assert_eq!(seen.messages[0].id, "1");
+
+        // Drop every stream (the page's button), and publish while the tabs
+        // are away (they come back after the 300 ms retry).
+        let _: bool = evaluate(&tabs[1], "document.getElementById('kick').click(); true").await;
+        eventually_subscribed(&hub, 0).await;
+        for i in 2..=6 {
+            hub.publish(
+                "chat",
+                tower_sse::Event::new(format!("while away {i}")).name("chat"),
+            )
+            .await
+            .unwrap();
+        }
+        for tab in &tabs {
+            let state = wait_for_chat(tab, "the catch-up", |s| s.messages.len() >= 6).await;
+            let ids: Vec<&str> = state.messages.iter().map(|m| m.id.as_str()).collect();
+            assert_eq!(ids, ["1", "2", "3", "4", "5", "6"], "gap or duplicate");
+            assert_eq!(state.messages[5].text, "while away 6");
+            assert!(state.reconnects >= 1);
+            assert!(
+                state.notes.is_empty(),
+                "no reset or lag expected: {state:?}"
+            );
+        }
+        browser.close().await;
+    })
+    .await;
+}
+
+/// `window.chatState` of the chat page.
+#[derive(Debug, Deserialize)]
+struct ChatState {
+    state: String,
+    reconnects: usize,
+    messages: Vec<ChatMessage>,
+    notes: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct ChatMessage {
+    id: String,
+    text: String,
+}
+
+async fn wait_for_chat(page: &Page, what: &str, done: impl Fn(&ChatState) -> bool) -> ChatState {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let state: ChatState = evaluate(page, "window.chatState").await;
+        if done(&state) {
+            return state;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}; the page saw {state:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+async fn eventually_subscribed(hub: &tower_sse::Hub, n: usize) {
+    let deadline = Instant::now() + PATIENCE;
+    while hub.subscribers() != n {
+        assert!(
+            Instant::now() < deadline,
+            "{} subscribers, expected {n}",
+            hub.subscribers()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+// ---------------------------------------------------------------------------
+// What the page records
+
+/// The unnamed messages, as the browser must receive them.
+const MESSAGES: [&str; 4] = [
+    "Hello from tower-sse!\nThis message has two lines.",
+    "Grüße aus Köln: naïve café, 5 € ☃\nΚαλημέρα κόσμε · Привет, мир",
+    "مرحبا بالعالم 😀\nright-to-left text and an emoji",
+    "An empty line follows:\n\nand a last line after it.",
+];
+
+/// `window.sseState`.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct PageState {
+    url: String,
+    state: String,
+    ready_state: u8,
+    opens: usize,
+    reconnects: usize,
+    events: Vec<PageEvent>,
+    timeline: Vec<Moment>,
+}
+
+/// One event as a listener received it.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct PageEvent {
+    listener: String,
+    r#type: String,
+    data: String,
+    last_event_id: String,
+}
+
+impl PageEvent {
+    fn id(&self) -> u64 {
+        self.last_event_id.parse().expect("a numeric id")
+    }
+}
+
+/// An `open` or `error` of the `EventSource`.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Moment {
+    what: String,
+    ready_state: u8,
+    at: f64,
+}
+
+/// The state and what the page displays, read at the same instant.
+#[derive(Debug, Deserialize)]
+struct View {
+    state: PageState,
+    text: std::collections::HashMap<String, String>,
+    rows: usize,
+}
+
+/// Milliseconds from each `error` that left the source reconnecting to the next `open`.
+fn reconnect_delays(state: &PageState) -> Vec<f64> {
+    let mut delays = Vec::new();
+    let mut since = None;
+    for moment in &state.timeline {
+        match (moment.what.as_str(), since) {
+            ("error", _) if moment.ready_state == 0 => since = Some(moment.at),
+            ("open", Some(at)) => {
+                delays.push(moment.at - at);
+                since = None;
+            }
+            _ => {}
+        }
+    }
+    delays
+}
+
+/// `HH:MM:SS`, a time of day.
+fn is_clock(data: &str) -> bool {
+    let parts: Vec<&str> = data.split(':').collect();
+    parts.len() == 3
+        && parts.iter().all(|p| p.len() == 2)
+        && [24, 60, 60]
+            .iter()
+            .zip(&parts)
+            .all(|(limit, p)| p.parse::<u32>().is_ok_and(|v| v < *limit))
+}
+
+async fn evaluate<T: serde::de::DeserializeOwned>(page: &Page, expression: &str) -> T {
+    tokio::time::timeout(PATIENCE, page.evaluate(expression))
+        .await
+        .expect("the page did not answer")
+        .expect("evaluation failed")
+        .into_value()
+        .expect("unexpected value")
+}
+
+async fn read_state(page: &Page) -> PageState {
+    evaluate(page, "window.sseState").await
+}
+
+/// Reads the page's state until `done` holds, for at most [`PATIENCE`].
+async fn wait_for(page: &Page, what: &str, done: impl Fn(&PageState) -> bool) -> PageState {
+    wait_within(page, what, PATIENCE, done).await
+}
+
+/// Reads the page's state until `done` holds, for at most `patience`.
+async fn wait_within(
+    page: &Page,
+    what: &str,
+    patience: Duration,
+    done: impl Fn(&PageState) -> bool,
+) -> PageState {
+    let deadline = Instant::now() + patience;
+    loop {
+        let state = read_state(page).await;
+        if done(&state) {
+            return state;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}; the page saw {state:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Chromium
+
+/// The Chromium to use, or `None` (after saying how to run these tests) when
+/// it is missing and `TOWER_SSE_BROWSER_TESTS=1` is not set.
+fn chromium() -> Option<PathBuf> {
+    let path = std::env::var_os("CHROMIUM")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/usr/bin/chromium"));
+    if path.is_file() {
+        return Some(path);
+    }
+    let how = "install it with `apt-get install -y chromium` (or set CHROMIUM=/path/to/chromium) \
+               and run `cargo test --test browser`";
+    assert!(
+        std::env::var("TOWER_SSE_BROWSER_TESTS").as_deref() != Ok("1"),
+        "TOWER_SSE_BROWSER_TESTS=1 but there is no Chromium at {}: {how}",
+        path.display()
+    );
+    static SAID: Once = Once::new();
+    SAID.call_once(|| {
+        // Straight to stderr: the test harness captures `eprintln!`.
+        let _ = writeln!(
+            std::io::stderr(),
+            "\nbrowser tests skipped: no Chromium at {}; to run them, {how}.",
+            path.display()
+        );
+    });
+    None
+}
+
+/// Runs one browser test: one at a time, within [`TEST_LIMIT`]. When time
+/// runs out the test's future is dropped, which kills its Chromium.
+async fn bounded(test: impl Future<Output = ()>) {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    tokio::time::timeout(TEST_LIMIT, test)
+        .await
+        .expect("the browser test took too long");
+}
+
+/// Serves the example on loopback, starts Chromium and opens `path` there.
+async fn start(chromium: &Path, settings: Settings, path: &str) -> (Chromium, Page, Monitor) {
+    let monitor = Monitor::default();
+    let addr = common::serve(live::app(settings, monitor.clone())).await;
+    let browser = Chromium::launch(chromium, format!("http://{addr}")).await;
+    let page = browser.open(path).await;
+    (browser, page, monitor)
+}
+
+/// Runs its arguments (`timeout … chromium …`) in the background, then waits
+/// for its standard input to close: when the test closes the browser or drops
+/// it, or when the test process dies, however it dies. Then it ends its whole
+/// process group (Chromium and its helpers), politely and then for good, and
+/// removes `$BROWSER_DIR` (the profile and the log).
+const WATCHDOG: &str = r#""$@" </dev/null & trap '' TERM; read _; kill -TERM 0; sleep 0.5;
+    rm -rf "$BROWSER_DIR"; kill -KILL 0"#;
+
+/// A headless Chromium with a fresh profile, in its own process group under
+/// [`WATCHDOG`]. Dropping it ends the whole group and removes the profile.
+struct Chromium {
+    /// The watchdog: the leader of the process group; its stdin is our end.
+    process: Child,
+    /// Profile and log.
+    dir: PathBuf,
+    browser: Option<Browser>,
+    handler: Option<tokio::task::JoinHandle<()>>,
+    /// The example's address, `http://127.0.0.1:PORT`.
+    server: String,
+    /// Chromium exited after `close`.
+    exited: bool,
+}
+
+impl Chromium {
+    async fn launch(executable: &Path, server: String) -> Chromium {
+        static LAUNCHES: AtomicUsize = AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "tower-sse-browser-{}-{}",
+            std::process::id(),
+            LAUNCHES.fetch_add(1, SeqCst)
+        ));
+        let _ = fs::remove_dir_all(&dir);
+        let profile = dir.join("profile");
+        fs::create_dir_all(&profile).unwrap();
+        let log = fs::File::create(dir.join("chromium.log")).unwrap();
+
+        let mut command = Command::new("sh");
+        command
+            .args(["-c", WATCHDOG, "sh"])
+            .args(["timeout", "--foreground", "--kill-after=5"])
+            .arg(CHROMIUM_LIFETIME.as_secs().to_string())
+            .arg(executable)
+            .args(CHROMIUM_FLAGS)
+            .arg(format!("--user-data-dir={}", profile.display()))
+            .arg("--remote-debugging-port=0")
+            .arg(format!("--window-size={},{}", VIEWPORT.0, VIEWPORT.1))
+            .arg("about:blank")
+            .env("BROWSER_DIR", &dir)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .process_group(0);
+        let process = command.spawn().expect("cannot start sh");
+        let mut chromium = Chromium {
+            process,
+            dir,
+            browser: None,
+            handler: None,
+            server,
+            exited: false,
+        };
+
+        // With port 0, Chromium writes the port it chose and the browser's
+        // DevTools path into the profile.
+        let port_file = profile.join("DevToolsActivePort");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let url = loop {
+            if let Ok(text) = fs::read_to_string(&port_file) {
+                if let [port, path] = text.lines().collect::<Vec<_>>()[..] {
+                    if path.starts_with("/devtools/browser/") {
+                        break format!("ws://127.0.0.1:{port}{path}");
+                    }
+                }
+            }
+            if let Some(status) = chromium.process.try_wait().unwrap() {
+                panic!("Chromium exited ({status}):\n{}", chromium.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "Chromium did not start:\n{}",
+                chromium.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+
+        let config = HandlerConfig {
+            viewport: Some(Viewport {
+                width: VIEWPORT.0,
+                height: VIEWPORT.1,
+                device_scale_factor: Some(1.0),
+                ..Viewport::default()
+            }),
+            request_timeout: PATIENCE,
+            ..HandlerConfig::default()
+        };
+        let (browser, mut handler) =
+            tokio::time::timeout(PATIENCE, Browser::connect_with_config(url, config))
+                .await
+                .expect("no DevTools connection")
+                .expect("DevTools connection failed");
+        chromium.handler = Some(tokio::spawn(async move {
+            // Drives every command; stops when the connection closes.
+            while handler.next().await.is_some() {}
+        }));
+        chromium.browser = Some(browser);
+        chromium
+    }
+
+    /// A new tab on `path` of the example, once its script has run.
+    async fn open(&self, path: &str) -> Page {
+        let browser = self.browser.as_ref().unwrap();
+        let url = format!("{}{path}", self.server);
+        let page = tokio::time::timeout(PATIENCE, browser.new_page(url.as_str()))
+            .await
+            .expect("no new tab")
+            .unwrap();
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            // The live page keeps `sseState`, the chat page `chatState`.
+            let ready = tokio::time::timeout(
+                PATIENCE,
+                page.evaluate("typeof (window.sseState || window.chatState)"),
+            )
+            .await
+            .expect("the page did not answer")
+            .ok()
+            .and_then(|result| result.into_value::<String>().ok());
+            if ready.as_deref() == Some("object") {
+                return page;
+            }
+            assert!(Instant::now() < deadline, "{url} did not load");
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// Closes the browser and waits for it (bounded); `Drop` does the rest.
+    async fn close(mut self) {
+        if let Some(mut browser) = self.browser.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(5), browser.close()).await;
+        }
+        // The watchdog ends what is left of the group, then itself.
+        drop(self.process.stdin.take());
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < deadline {
+            match self.process.try_wait() {
+                Ok(None) => tokio::time::sleep(Duration::from_millis(20)).await,
+                Ok(Some(_)) => {
+                    self.exited = true;
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        if let Some(handler) = self.handler.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(5), handler).await;
+        }
+    }
+
+    fn log(&self) -> String {
+        fs::read_to_string(self.dir.join("chromium.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Chromium {
+    fn drop(&mut self) {
+        if let Some(handler) = self.handler.take() {
+            handler.abort();
+        }
+        drop(self.browser.take());
+        if !self.exited {
+            // A failed or timed-out test: the watchdog ends the group when its
+            // input closes; if it has not within 3 s, end the group from here.
+            drop(self.process.stdin.take());
+            let deadline = Instant::now() + Duration::from_secs(3);
+            while matches!(self.process.try_wait(), Ok(None)) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            if let Ok(None) = self.process.try_wait() {
+                let group = format!("kill -KILL -{}", self.process.id());
+                let _ = Command::new("sh").args(["-c", &group]).status();
+                let _ = self.process.kill();
+                let _ = self.process.wait();
+            }
+        }
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
