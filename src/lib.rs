@@ -50,6 +50,15 @@
 //! | `end-event-stream`, `sse-setup` | deprecated [`end_event_stream`], [`sse_setup`] |
 //! | active-streams gauge | [`active_streams`], [`SseStats`] |
 //!
+//! # Beyond Pedestal
+//!
+//! - [`SseLayer::shutdown_on`]: end every stream cleanly on server shutdown.
+//! - [`Hub`]: publish once to a topic, fan out to every subscribed stream,
+//!   and resume reconnecting clients from history with `Last-Event-ID`
+//!   ([`LastEventId`] extractor); with the `redis` feature, on Redis Streams
+//!   across machines ([`HubBuilder::build_redis`](crate::HubBuilder)).
+//! - [`EventStream`]: the body alone, for hyper or any tower server.
+//!
 //! # Wire format
 //!
 //! Each event is encoded once, whole, with CRLF line ends as in Pedestal.
