@@ -342,25 +342,47 @@ impl Hub {
         };
         let mut batch = Vec::new();
         let mut dropped_seen = events.dropped();
+        let closed = events.closed();
+        tokio::pin!(closed);
         loop {
-            // Register for wake-ups before reading, so a publish in between is not missed.
-            let mut waits: Vec<Pin<Box<tokio::sync::futures::Notified<'_>>>> =
-                notifies.iter().map(|n| Box::pin(n.notified())).collect();
-            for wait in &mut waits {
-                wait.as_mut().enable();
+            // Register for wake-ups before reading, so a publish in between is
+            // not missed: one topic (the common case) needs no allocation.
+            let single = (notifies.len() == 1).then(|| notifies[0].notified());
+            tokio::pin!(single);
+            if let Some(wait) = single.as_mut().as_pin_mut() {
+                wait.enable();
             }
-            let missed = self.read(&names, &mut cursors, &mut batch);
+            let mut waits: Vec<Pin<Box<tokio::sync::futures::Notified<'_>>>> = Vec::new();
+            if notifies.len() > 1 {
+                waits = notifies.iter().map(|n| Box::pin(n.notified())).collect();
+                for wait in &mut waits {
+                    wait.as_mut().enable();
+                }
+            }
+            // No more than the stream's buffer can take now: the rest stays
+            // in history, and `batch` stays small.
+            let room = events
+                .capacity()
+                .saturating_sub(events.queued_events())
+                .max(1);
+            let missed = self.read(&names, &mut cursors, &mut batch, room);
             if missed > 0 && !self.lagged(events, missed).await {
                 return;
             }
             if batch.is_empty() {
-                if waits.is_empty() {
-                    events.closed().await;
+                if notifies.is_empty() {
+                    closed.await;
                     return;
                 }
-                let closed = events.closed();
-                tokio::pin!(closed);
-                match futures::future::select(futures::future::select_all(waits), closed).await {
+                let woken = async {
+                    match single.as_mut().as_pin_mut() {
+                        Some(wait) => wait.await,
+                        None => {
+                            futures::future::select_all(waits).await;
+                        }
+                    }
+                };
+                match futures::future::select(std::pin::pin!(woken), closed.as_mut()).await {
                     futures::future::Either::Left(_) => continue,
                     futures::future::Either::Right(_) => return,
                 }
@@ -391,7 +413,8 @@ impl Hub {
     ) -> Option<(Vec<u64>, Vec<Arc<Notify>>)> {
         #[cfg(feature = "redis")]
         if let Some(backend) = &self.inner.redis {
-            return backend.begin(self, events, last_event_id, names).await;
+            // Boxed, so in-memory subscriptions do not carry the Redis state.
+            return Box::pin(backend.begin(self, events, last_event_id, names)).await;
         }
         let (start, notifies) = self.start(last_event_id, names, true);
         if let Some(unknown) = start.reset {
@@ -514,9 +537,15 @@ impl Hub {
         (start, notifies)
     }
 
-    /// Takes up to [`MAX_BATCH`] events after the cursors, in publish order.
+    /// Takes up to `limit` (at most [`MAX_BATCH`]) events after the cursors, in publish order.
     /// Returns how many events history lost before this stream read them.
-    fn read(&self, names: &[&str], cursors: &mut [u64], batch: &mut Vec<Bytes>) -> u64 {
+    fn read(
+        &self,
+        names: &[&str],
+        cursors: &mut [u64],
+        batch: &mut Vec<Bytes>,
+        limit: usize,
+    ) -> u64 {
         let state = self
             .inner
             .state
@@ -535,7 +564,7 @@ impl Hub {
                 **cursor = topic.first_index;
             }
         }
-        while batch.len() < MAX_BATCH {
+        while batch.len() < limit.min(MAX_BATCH) {
             // The lane whose next event is the oldest.
             let next = lanes
                 .iter()
