@@ -74,6 +74,8 @@
 //! that disturbed the run. Implementations are interleaved A B, B A, … and
 //! ratios are taken run by run (each B against the A next to it).
 
+mod support;
+
 use std::{
     collections::BTreeMap,
     convert::Infallible,
@@ -85,8 +87,9 @@ use std::{
         atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed},
         mpsc as std_mpsc,
     },
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant},
 };
+use support::{cpu_ns, fmt_num, median, now_ns, rss_kib};
 
 use axum::{
     Router,
@@ -160,12 +163,6 @@ impl Args {
     {
         Ok(self.get(key)?.parse()?)
     }
-}
-
-fn now_ns() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |elapsed| elapsed.as_nanos() as u64)
 }
 
 /// Lines from a reader, on a thread, into a channel.
@@ -821,23 +818,6 @@ fn client(args: &Args) -> Result<(), Error> {
 // ---------------------------------------------------------------------------
 // Process measurements
 
-/// CPU time of every thread of a process, in nanoseconds.
-fn cpu_ns(pid: u32) -> u64 {
-    let mut total = 0;
-    if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
-        for task in tasks.flatten() {
-            if let Ok(stat) = std::fs::read_to_string(task.path().join("schedstat")) {
-                total += stat
-                    .split_whitespace()
-                    .next()
-                    .and_then(|ns| ns.parse::<u64>().ok())
-                    .unwrap_or(0);
-            }
-        }
-    }
-    total
-}
-
 /// CPU time spent by the whole machine outside idle, in nanoseconds
 /// (`/proc/stat`, in USER_HZ = 100 ticks a second).
 fn machine_busy_ns() -> u64 {
@@ -859,19 +839,6 @@ fn machine_busy_ns() -> u64 {
         .map(|(_, t)| t)
         .sum();
     busy * 10_000_000
-}
-
-/// Resident memory of a process, in KiB.
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|status| {
-            status
-                .lines()
-                .find_map(|line| line.strip_prefix("VmRSS:"))
-                .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
-        })
-        .unwrap_or(0)
 }
 
 // ---------------------------------------------------------------------------
@@ -1416,29 +1383,6 @@ fn run_once(
         );
     }
     Ok(metrics)
-}
-
-fn median(values: &[f64]) -> f64 {
-    let mut sorted = values.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    let n = sorted.len();
-    if n == 0 {
-        f64::NAN
-    } else if n % 2 == 1 {
-        sorted[n / 2]
-    } else {
-        (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0
-    }
-}
-
-fn fmt_num(value: f64) -> String {
-    if value.abs() >= 100.0 {
-        format!("{value:.0}")
-    } else if value.abs() >= 10.0 {
-        format!("{value:.1}")
-    } else {
-        format!("{value:.2}")
-    }
 }
 
 fn spread(values: &[f64], scale: f64) -> String {

@@ -41,6 +41,8 @@
 //!
 //! The channel capacity (`--capacity`) is the same for every implementation.
 
+mod support;
+
 use std::{
     collections::BTreeMap,
     convert::Infallible,
@@ -52,8 +54,9 @@ use std::{
         atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed},
     },
     task::{Context, Poll, ready},
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant},
 };
+use support::{cpu_ns, fmt_num, median, now_ns, rss_kib};
 
 use axum::{
     Router,
@@ -315,12 +318,6 @@ fn stamped(size: usize) -> String {
     let len = size.saturating_sub(10).max(20);
     data.extend(std::iter::repeat_n('x', len - 20));
     data
-}
-
-fn now_ns() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |elapsed| elapsed.as_nanos() as u64)
 }
 
 // ---------------------------------------------------------------------------
@@ -629,36 +626,6 @@ fn client(scenario: &Scenario) -> Result<(), Error> {
 }
 
 type Metrics = BTreeMap<String, f64>;
-
-/// CPU time of every thread of a process, in nanoseconds.
-fn cpu_ns(pid: u32) -> u64 {
-    let mut total = 0;
-    if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
-        for task in tasks.flatten() {
-            if let Ok(stat) = std::fs::read_to_string(task.path().join("schedstat")) {
-                total += stat
-                    .split_whitespace()
-                    .next()
-                    .and_then(|ns| ns.parse::<u64>().ok())
-                    .unwrap_or(0);
-            }
-        }
-    }
-    total
-}
-
-/// Resident memory of a process, in KiB.
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|status| {
-            status
-                .lines()
-                .find_map(|line| line.strip_prefix("VmRSS:"))
-                .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
-        })
-        .unwrap_or(0)
-}
 
 struct CpuClock {
     server_pid: u32,
@@ -1276,19 +1243,6 @@ fn columns(kind: Kind) -> Vec<(&'static str, &'static str, f64, bool)> {
     }
 }
 
-fn median(values: &[f64]) -> f64 {
-    let mut sorted = values.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    let n = sorted.len();
-    if n == 0 {
-        f64::NAN
-    } else if n % 2 == 1 {
-        sorted[n / 2]
-    } else {
-        (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0
-    }
-}
-
 fn spread(values: &[f64], scale: f64) -> String {
     let min = values.iter().copied().fold(f64::INFINITY, f64::min) * scale;
     let max = values.iter().copied().fold(f64::NEG_INFINITY, f64::max) * scale;
@@ -1298,16 +1252,6 @@ fn spread(values: &[f64], scale: f64) -> String {
         fmt_num(min),
         fmt_num(max)
     )
-}
-
-fn fmt_num(value: f64) -> String {
-    if value.abs() >= 100.0 {
-        format!("{value:.0}")
-    } else if value.abs() >= 10.0 {
-        format!("{value:.1}")
-    } else {
-        format!("{value:.2}")
-    }
 }
 
 fn report(scenario: &Scenario, impls: &[Imp], results: &BTreeMap<Imp, Vec<Metrics>>) {
