@@ -121,9 +121,10 @@ fn tower_pipeline(
             }
         };
         let ctx = tower_sse::StreamContext::from_request(&http::Request::new(()));
-        let mut body = start_stream(ready, ctx, Duration::from_secs(10), capacity)
+        let body = start_stream(ready, ctx, Duration::from_secs(10), capacity)
             .into_http()
             .into_body();
+        let mut body = std::pin::pin!(body);
         let start = Instant::now();
         let mut bytes = 0;
         while let Some(frame) = body.frame().await {

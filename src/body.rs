@@ -4,15 +4,18 @@
 use std::{
     convert::Infallible,
     fmt,
+    future::Future,
     panic::{AssertUnwindSafe, catch_unwind},
     pin::Pin,
-    sync::Arc,
-    task::{Context, Poll},
+    sync::{Arc, Mutex, PoisonError},
+    task::{Context, Poll, Waker},
     time::Duration,
 };
 
 use bytes::Bytes;
+use futures::future::BoxFuture;
 use http_body::{Body, Frame};
+use pin_project_lite::pin_project;
 use tokio::{
     task::AbortHandle,
     time::{Instant, Sleep},
@@ -22,11 +25,12 @@ use tracing::Instrument;
 
 use crate::{
     StreamContext,
-    channel::{Ended, Shared},
+    buffer::Policy,
+    channel::{Ended, FrameBuilder, Shared},
     event::HEARTBEAT,
     sender::EventSender,
-    stats::{self, SseStats, StreamTotals},
-    stream::{DisconnectFn, ReadyFn, StreamConfig},
+    stats::{self, StreamTotals},
+    stream::StreamConfig,
 };
 
 /// Why a stream ended, as given to the on-disconnect callback.
@@ -47,137 +51,273 @@ pub enum DisconnectReason {
     Shutdown,
 }
 
-/// The body of an event stream: an [`http_body::Body`] that yields encoded
-/// events, interleaves heartbeat comments during silence, and ends when every
-/// sender is gone.
-///
-/// Built by [`SseLayer`](crate::SseLayer) and [`start_stream`](crate::start_stream);
-/// usable directly as the body of any hyper or tower response. Dropping it
-/// ends the stream: senders get `Closed`, the ready function's task is
-/// stopped, and the disconnect callback fires once.
-pub struct EventStream {
-    shared: Arc<Shared>,
-    /// The ready function and its sender, until the first poll spawns it.
-    ready: Option<(ReadyFn, EventSender)>,
-    task: Option<AbortHandle>,
-    heartbeat: Option<Duration>,
-    /// Wakes the body for a heartbeat; re-armed only when it fires, against
-    /// `last_write`, so events never touch the timer.
-    timer: Option<Pin<Box<Sleep>>>,
-    last_write: Instant,
-    /// Reused between polls to gather queued events into one frame.
-    scratch: Vec<Bytes>,
-    ctx: StreamContext,
-    on_disconnect: Option<DisconnectFn>,
-    /// Resolves when the server shuts down; `None` once it has.
-    shutdown: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
-    /// Written last when the server shuts down; `Some` until it is written.
-    shutdown_event: Option<Bytes>,
-    shutting_down: bool,
-    stats: Option<SseStats>,
-    span: tracing::Span,
-    totals: StreamTotals,
-    finished: bool,
+pin_project! {
+    /// The body of an event stream: an [`http_body::Body`] that yields encoded
+    /// events, interleaves heartbeat comments during silence, and ends when every
+    /// sender is gone.
+    ///
+    /// Built by [`SseLayer`](crate::SseLayer) and [`start_stream`](crate::start_stream);
+    /// usable directly as the body of any hyper or tower response. Dropping it
+    /// ends the stream: senders get `Closed`, the ready function is stopped, and
+    /// the disconnect callback fires once.
+    ///
+    /// # Where the ready function runs
+    ///
+    /// With a fixed buffer (the default), the body polls the ready function's
+    /// future itself, as axum's `Sse` polls its stream: no task is spawned, and
+    /// each time the connection asks for data the body lets the ready function
+    /// refill the buffer again and again into one frame (up to 64 KiB, or as
+    /// many refills as tokio's cooperative budget allows in one poll), so even
+    /// a small buffer makes full writes. The ready function then waits while
+    /// the client is not reading, as it would for room in the buffer. With a
+    /// dropping or sliding buffer, whose point is that a slow client never
+    /// holds the application back, the ready function runs as a task of its own.
+    pub struct EventStream {
+        state: State,
+        // Inline rather than boxed: one allocation less per stream.
+        #[pin]
+        timer: Option<Sleep>,
+    }
+
+    impl PinnedDrop for EventStream {
+        fn drop(this: Pin<&mut Self>) {
+            this.project().state.finish(DisconnectReason::ClientDisconnected);
+        }
+    }
 }
 
+/// Everything of a stream but its timer (which is pinned).
+struct State {
+    shared: Arc<Shared>,
+    config: Arc<StreamConfig>,
+    producer: Producer,
+    /// Kept for the disconnect callback only; otherwise handed to the ready
+    /// function, so that a context nobody keeps costs nothing.
+    ctx: Option<StreamContext>,
+    /// Resolves when the server shuts down; `None` once it has.
+    shutdown: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
+    /// The stream's tracing span, boxed and only when enabled (it is 40 bytes).
+    span: Option<Box<tracing::Span>>,
+    events: u64,
+    bytes: u64,
+    phase: Phase,
+}
+
+/// Where the application's ready function is.
+enum Producer {
+    /// Not called yet: the body calls it at its first poll, in the runtime
+    /// that polls it.
+    Waiting(EventSender),
+    /// Polled by the body (fixed buffers); the `Mutex` keeps the body `Sync`
+    /// and is never locked (`get_mut`).
+    Polled(Mutex<BoxFuture<'static, ()>>),
+    /// Running as its own task (dropping and sliding buffers).
+    Spawned(AbortHandle),
+    Done,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Streaming,
+    /// Shutting down: queued events, then the shutdown event, then the end.
+    ShuttingDown {
+        event_sent: bool,
+    },
+    Finished,
+}
+
+/// How many times one poll lets a body-polled ready function refill the
+/// buffer before the frame goes out (with the 64 KiB cap, what bounds a poll).
+const MAX_REFILLS: usize = 256;
+
+static NO_SPAN: tracing::Span = tracing::Span::none();
+
 impl EventStream {
-    pub(crate) fn new(config: &StreamConfig, ctx: StreamContext) -> Self {
+    pub(crate) fn new(config: Arc<StreamConfig>, ctx: StreamContext) -> Self {
         let (policy, capacity) = config.buffer.resolve();
         let shared = Arc::new(Shared::new(policy, capacity));
         let span = tracing::debug_span!("sse_stream", uri = %ctx.uri());
         tracing::debug!(parent: &span, ?policy, capacity, "stream opened");
         stats::stream_opened(config.stats.as_ref());
-        Self {
-            ready: Some((config.ready.clone(), EventSender::new(shared.clone()))),
+        let state = State {
+            producer: Producer::Waiting(EventSender::new(shared.clone())),
             shared,
-            task: None,
-            heartbeat: Some(config.heartbeat).filter(|delay| !delay.is_zero()),
-            timer: None,
-            last_write: Instant::now(),
-            scratch: Vec::new(),
-            ctx,
-            on_disconnect: config.on_disconnect.clone(),
+            ctx: Some(ctx),
             shutdown: config
                 .shutdown
                 .as_ref()
                 .map(|token| Box::pin(token.clone().cancelled_owned())),
-            shutdown_event: config.shutdown_event.clone(),
-            shutting_down: false,
-            stats: config.stats.clone(),
-            span,
-            totals: StreamTotals::default(),
-            finished: false,
+            config,
+            span: (!span.is_disabled()).then(|| Box::new(span)),
+            events: 0,
+            bytes: 0,
+            phase: Phase::Streaming,
+        };
+        Self { state, timer: None }
+    }
+}
+
+impl State {
+    fn span(&self) -> &tracing::Span {
+        self.span.as_deref().unwrap_or(&NO_SPAN)
+    }
+
+    fn heartbeat(&self) -> Option<Duration> {
+        Some(self.config.heartbeat).filter(|delay| !delay.is_zero())
+    }
+
+    /// Calls the ready function and arms the heartbeat, inside the runtime
+    /// that first polls the body.
+    fn start(&mut self, mut timer: Pin<&mut Option<Sleep>>) {
+        if !matches!(self.producer, Producer::Waiting(_)) {
+            return;
+        }
+        let Producer::Waiting(sender) = std::mem::replace(&mut self.producer, Producer::Done)
+        else {
+            return;
+        };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            tracing::error!(parent: self.span(), "no tokio runtime: the ready function cannot run");
+            return;
+        };
+        let ctx = match &self.config.on_disconnect {
+            Some(_) => self.ctx.clone(),
+            None => self.ctx.take(),
+        };
+        let Some(ctx) = ctx else {
+            return;
+        };
+        let ready = (self.config.ready)(sender, ctx);
+        self.producer = if self.shared.policy() == Policy::Wait {
+            Producer::Polled(Mutex::new(ready))
+        } else {
+            let task = runtime.spawn(ready.instrument(self.span().clone()));
+            Producer::Spawned(task.abort_handle())
+        };
+        if let Some(delay) = self.heartbeat() {
+            timer.set(Some(tokio::time::sleep(delay)));
         }
     }
 
-    /// Spawns the ready function and arms the heartbeat, inside the runtime
-    /// that first polls the body.
-    fn start(&mut self) {
-        let Some((ready, sender)) = self.ready.take() else {
-            return;
+    /// Polls a body-polled ready function if it was woken since its last
+    /// poll; `true` if it was polled.
+    fn poll_producer(&mut self) -> bool {
+        // Cleared whatever the producer: a stale wake-up must not spin the body.
+        if !self.shared.take_producer_wake() {
+            return false;
+        }
+        let Producer::Polled(ready) = &mut self.producer else {
+            return false;
         };
-        match tokio::runtime::Handle::try_current() {
-            Ok(runtime) => {
-                let task = ready(sender, self.ctx.clone()).instrument(self.span.clone());
-                self.task = Some(runtime.spawn(task).abort_handle());
-            }
+        let ready = ready.get_mut().unwrap_or_else(PoisonError::into_inner);
+        // The queue is the producer's waker: a wake-up flags it and wakes the body.
+        let waker = Waker::from(self.shared.clone());
+        let mut cx = Context::from_waker(&waker);
+        let span = self.span.as_deref().unwrap_or(&NO_SPAN);
+        let polled = {
+            let _entered = span.enter();
+            catch_unwind(AssertUnwindSafe(|| ready.as_mut().poll(&mut cx)))
+        };
+        match polled {
+            Ok(Poll::Pending) => return true,
+            Ok(Poll::Ready(())) => {}
             Err(_) => {
-                tracing::error!(parent: &self.span, "no tokio runtime: the ready function cannot run");
-                return;
+                tracing::error!(parent: self.span(), "the ready function panicked");
+                self.shared.mark_panicked();
             }
         }
-        if let Some(delay) = self.heartbeat {
-            self.last_write = Instant::now();
-            self.timer = Some(Box::pin(tokio::time::sleep_until(self.last_write + delay)));
+        self.stop_producer();
+        true
+    }
+
+    /// Drops or aborts the ready function (dropping its senders).
+    fn stop_producer(&mut self) {
+        match std::mem::replace(&mut self.producer, Producer::Done) {
+            Producer::Polled(ready) => {
+                // Its destructors may run inside hyper's task or a `Drop`: never unwind there.
+                if catch_unwind(AssertUnwindSafe(move || drop(ready))).is_err() {
+                    tracing::error!(parent: self.span(), "the ready function panicked when dropped");
+                }
+            }
+            Producer::Spawned(task) => task.abort(),
+            Producer::Waiting(_) | Producer::Done => {}
         }
     }
 
     /// Polls the heartbeat timer; `Some` when a heartbeat is due now.
-    fn poll_heartbeat(&mut self, cx: &mut Context<'_>) -> Option<Bytes> {
-        let delay = self.heartbeat?;
-        let timer = self.timer.as_mut()?;
-        while timer.as_mut().poll(cx).is_ready() {
-            let due = self.last_write + delay;
-            let now = Instant::now();
-            if now >= due {
-                self.last_write = now;
-                timer.as_mut().reset(now + delay);
-                return Some(Bytes::from_static(HEARTBEAT));
-            }
-            timer.as_mut().reset(due);
+    fn poll_heartbeat(
+        &mut self,
+        timer: Pin<&mut Option<Sleep>>,
+        cx: &mut Context<'_>,
+    ) -> Option<Bytes> {
+        let delay = self.heartbeat()?;
+        let mut timer = timer.as_pin_mut()?;
+        if timer.as_mut().poll(cx).is_pending() {
+            return None;
         }
-        None
+        timer.reset(Instant::now() + delay);
+        Some(Bytes::from_static(HEARTBEAT))
+    }
+
+    /// Gathers one frame: what is queued and, for a body-polled ready
+    /// function, what it queues as the buffer drains, never waiting for more.
+    fn poll_events(&mut self, cx: &mut Context<'_>) -> Poll<Result<Bytes, Ended>> {
+        let mut frame = FrameBuilder::default();
+        for _ in 0..MAX_REFILLS {
+            let polled = self.poll_producer();
+            match self.shared.poll_recv(cx, HEARTBEAT, &mut frame) {
+                Poll::Ready(Ok(taken)) => {
+                    self.events += taken as u64;
+                    if frame.is_full() || !self.shared.producer_woken() {
+                        break;
+                    }
+                    if taken == 0 && polled {
+                        // Polled, it queued nothing and woke itself at once: it
+                        // yielded (or spent tokio's budget for this poll).
+                        break;
+                    }
+                }
+                Poll::Ready(Err(ended)) => return Poll::Ready(Err(ended)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        if frame.is_empty() {
+            // Let the connection's task yield; the wake-up brings it back.
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
+        Poll::Ready(Ok(frame.take()))
     }
 
     fn finish(&mut self, reason: DisconnectReason) {
-        if self.finished {
+        if self.phase == Phase::Finished {
             return;
         }
-        self.finished = true;
+        self.phase = Phase::Finished;
         self.shared.close_receiver();
-        if let Some(task) = self.task.take() {
-            task.abort();
-        }
-        self.timer = None;
+        self.stop_producer();
         self.shutdown = None;
-        self.totals.dropped = self.shared.dropped();
-        let totals = self.totals;
-        stats::stream_closed(self.stats.as_ref(), totals);
+        let totals = StreamTotals {
+            events: self.events,
+            bytes: self.bytes,
+            dropped: self.shared.dropped(),
+        };
+        stats::stream_closed(self.config.stats.as_ref(), totals);
         tracing::debug!(
-            parent: &self.span,
+            parent: self.span(),
             ?reason,
             events = totals.events,
             bytes = totals.bytes,
             dropped = totals.dropped,
             "stream closed"
         );
-        if let Some(callback) = self.on_disconnect.take() {
-            let ctx = &self.ctx;
+        if let (Some(callback), Some(ctx)) = (&self.config.on_disconnect, &self.ctx) {
             // The callback may run inside hyper's task or a `Drop`: never let it unwind there.
             if catch_unwind(AssertUnwindSafe(|| callback(ctx, reason))).is_err() {
-                tracing::error!(parent: &self.span, "on_client_disconnect callback panicked");
+                tracing::error!(parent: self.span(), "on_client_disconnect callback panicked");
             }
         }
+        self.ctx = None;
     }
 }
 
@@ -189,65 +329,65 @@ impl Body for EventStream {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        let this = self.get_mut();
-        if this.finished {
+        let mut this = self.project();
+        let state = &mut *this.state;
+        if state.phase == Phase::Finished {
             return Poll::Ready(None);
         }
-        this.start();
-        if let Some(shutdown) = &mut this.shutdown {
+        state.start(this.timer.as_mut());
+        if let Some(shutdown) = &mut state.shutdown {
             if shutdown.as_mut().poll(cx).is_ready() {
                 // Accept nothing more; what is queued still goes out, then the shutdown event.
-                this.shutdown = None;
-                this.shutting_down = true;
-                this.shared.close();
-                tracing::debug!(parent: &this.span, "server shutting down: ending the stream");
+                state.shutdown = None;
+                state.phase = Phase::ShuttingDown { event_sent: false };
+                state.shared.close();
+                tracing::debug!(parent: state.span(), "server shutting down: ending the stream");
             }
         }
-        let bytes = match this.shared.poll_recv(cx, HEARTBEAT, &mut this.scratch) {
-            Poll::Ready(Ok(batch)) => {
-                this.totals.events += batch.events as u64;
-                batch.bytes
-            }
-            Poll::Ready(Err(_)) if this.shutting_down && this.shutdown_event.is_some() => {
-                this.shutdown_event.take().unwrap_or_default()
-            }
-            Poll::Ready(Err(ended)) => {
-                this.finish(match ended {
-                    _ if this.shutting_down => DisconnectReason::Shutdown,
-                    Ended::Completed => DisconnectReason::Completed,
-                    Ended::Panicked => DisconnectReason::Panicked,
-                });
-                return Poll::Ready(None);
-            }
-            Poll::Pending => match this.poll_heartbeat(cx) {
-                Some(heartbeat) => heartbeat,
+        let bytes = match state.poll_events(cx) {
+            Poll::Ready(Ok(bytes)) => bytes,
+            Poll::Ready(Err(ended)) => match (state.phase, &state.config.shutdown_event) {
+                (Phase::ShuttingDown { event_sent: false }, Some(event)) => {
+                    state.phase = Phase::ShuttingDown { event_sent: true };
+                    event.clone()
+                }
+                (phase, _) => {
+                    state.finish(match ended {
+                        _ if phase != Phase::Streaming => DisconnectReason::Shutdown,
+                        Ended::Completed => DisconnectReason::Completed,
+                        Ended::Panicked => DisconnectReason::Panicked,
+                    });
+                    this.timer.set(None);
+                    return Poll::Ready(None);
+                }
+            },
+            Poll::Pending => match state.poll_heartbeat(this.timer.as_mut(), cx) {
+                Some(heartbeat) => {
+                    state.bytes += heartbeat.len() as u64;
+                    return Poll::Ready(Some(Ok(Frame::data(heartbeat))));
+                }
                 None => return Poll::Pending,
             },
         };
-        if this.heartbeat.is_some() {
-            this.last_write = Instant::now();
+        if let (Some(timer), Some(delay)) = (this.timer.as_pin_mut(), state.heartbeat()) {
+            // A later deadline only updates the timer entry (no re-registration).
+            timer.reset(Instant::now() + delay);
         }
-        this.totals.bytes += bytes.len() as u64;
+        state.bytes += bytes.len() as u64;
         Poll::Ready(Some(Ok(Frame::data(bytes))))
     }
 
     fn is_end_stream(&self) -> bool {
-        self.finished
-    }
-}
-
-impl Drop for EventStream {
-    fn drop(&mut self) {
-        self.finish(DisconnectReason::ClientDisconnected);
+        self.state.phase == Phase::Finished
     }
 }
 
 impl fmt::Debug for EventStream {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("EventStream")
-            .field("ctx", &self.ctx)
-            .field("heartbeat", &self.heartbeat)
-            .field("finished", &self.finished)
+            .field("ctx", &self.state.ctx)
+            .field("heartbeat", &self.state.config.heartbeat)
+            .field("finished", &(self.state.phase == Phase::Finished))
             .finish_non_exhaustive()
     }
 }

@@ -6,8 +6,11 @@
 
 use std::{
     collections::VecDeque,
-    sync::{Mutex, MutexGuard, PoisonError},
-    task::{Context, Poll, Waker},
+    sync::{
+        Arc, Mutex, MutexGuard, PoisonError,
+        atomic::{AtomicBool, Ordering},
+    },
+    task::{Context, Poll, Wake, Waker},
 };
 
 use bytes::{Bytes, BytesMut};
@@ -33,6 +36,9 @@ pub(crate) struct Shared {
     room: Semaphore,
     /// Wakes `EventSender::closed` once no more events are accepted.
     closed: Notify,
+    /// The producer that the body polls itself (see `body.rs`) was woken:
+    /// set by this queue's [`Wake`] impl, which is that producer's waker.
+    producer_woken: AtomicBool,
     policy: Policy,
     capacity: usize,
 }
@@ -41,10 +47,11 @@ struct State {
     queue: VecDeque<Bytes>,
     queued_bytes: usize,
     receiver: Option<Waker>,
-    senders: usize,
+    /// Live `EventSender`s (`u32` keeps `State` small: four billion senders
+    /// would take 32 GB).
+    senders: u32,
     /// No more events are accepted (`close()` was called or the body is gone).
     closed: bool,
-    receiver_gone: bool,
     heartbeat_requested: bool,
     dropped: u64,
     /// A sender was dropped while its thread was panicking.
@@ -58,10 +65,78 @@ pub(crate) enum Rejected {
     Closed,
 }
 
-/// What the body takes from the queue in one poll.
-pub(crate) struct Batch {
-    pub(crate) bytes: Bytes,
-    pub(crate) events: usize,
+/// A frame being gathered from the queue: one event as it was encoded (no
+/// copy), or several joined into one buffer, sized from what is queued.
+#[derive(Default)]
+pub(crate) struct FrameBuilder {
+    first: Option<Bytes>,
+    joined: BytesMut,
+    /// Takes no more events: the size cap or a large event was reached.
+    full: bool,
+}
+
+impl FrameBuilder {
+    fn len(&self) -> usize {
+        if self.joined.is_empty() {
+            self.first.as_ref().map_or(0, Bytes::len)
+        } else {
+            self.joined.len()
+        }
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.first.is_none() && self.joined.is_empty()
+    }
+
+    pub(crate) fn is_full(&self) -> bool {
+        self.full
+    }
+
+    /// Whether an event of `len` bytes goes into this frame. An event of
+    /// [`JOIN_LIMIT`] bytes or more is a frame of its own, and ends the frame
+    /// of smaller events before it (it stays queued, for the next frame).
+    fn takes(&mut self, len: usize) -> bool {
+        if self.full {
+            return false;
+        }
+        if self.is_empty() {
+            self.full = len >= JOIN_LIMIT;
+            return true;
+        }
+        self.full = len >= JOIN_LIMIT || self.len() + len > MAX_FRAME;
+        !self.full
+    }
+
+    /// Adds `bytes`; `queued` is what is still queued behind it, the most
+    /// this frame may yet take.
+    fn push(&mut self, bytes: Bytes, queued: usize) {
+        if self.is_empty() {
+            self.first = Some(bytes);
+            return;
+        }
+        if let Some(first) = self.first.take() {
+            // Exactly what is queued, so that `freeze` keeps the allocation.
+            let room = (bytes.len() + queued).min(MAX_FRAME - first.len());
+            self.joined.reserve(first.len() + room.max(bytes.len()));
+            self.joined.extend_from_slice(&first);
+        } else if self.joined.capacity() - self.joined.len() < bytes.len() {
+            // A producer refilled the queue while the frame was gathered: it
+            // is busy, so grow once, to the cap, rather than copy at every
+            // doubling (large copies are slow on some machines; see `event.rs`).
+            self.joined
+                .reserve((MAX_FRAME - self.joined.len()).max(bytes.len()));
+        }
+        self.joined.extend_from_slice(&bytes);
+    }
+
+    /// The gathered bytes; the frame is empty again.
+    pub(crate) fn take(&mut self) -> Bytes {
+        self.full = false;
+        match self.first.take() {
+            Some(first) => first,
+            None => std::mem::take(&mut self.joined).freeze(),
+        }
+    }
 }
 
 /// How the queue ended, once it is empty and will stay empty.
@@ -83,13 +158,14 @@ impl Shared {
                 receiver: None,
                 senders: 1,
                 closed: false,
-                receiver_gone: false,
                 heartbeat_requested: false,
                 dropped: 0,
                 panicked: false,
             }),
             room: Semaphore::new(permits),
             closed: Notify::new(),
+            // Set: a body-polled producer is polled first at the first poll.
+            producer_woken: AtomicBool::new(true),
             policy,
             capacity,
         }
@@ -101,11 +177,19 @@ impl Shared {
     }
 
     /// Queues `bytes`, waiting for room under [`Policy::Wait`].
+    ///
+    /// Room that is there now is taken without `acquire`, which would spend
+    /// tokio's cooperative budget: a producer polled by the body then fills
+    /// whole frames, not 128 events per poll. One that waits spends it.
     pub(crate) async fn push(&self, bytes: Bytes) -> Result<(), Rejected> {
         if self.policy == Policy::Wait {
-            match self.room.acquire().await {
+            match self.room.try_acquire() {
                 Ok(permit) => permit.forget(),
-                Err(_) => return Err(Rejected::Closed),
+                Err(TryAcquireError::Closed) => return Err(Rejected::Closed),
+                Err(TryAcquireError::NoPermits) => match self.room.acquire().await {
+                    Ok(permit) => permit.forget(),
+                    Err(_) => return Err(Rejected::Closed),
+                },
             }
         }
         self.enqueue(bytes)
@@ -167,42 +251,38 @@ impl Shared {
         Ok(())
     }
 
-    /// Takes every queued event (up to [`MAX_FRAME`] bytes) as one frame.
+    /// Moves queued events into `frame`, as many as it takes (see
+    /// [`FrameBuilder`]), and returns how many it took.
     ///
-    /// Events of [`JOIN_LIMIT`] bytes or more are not copied: such an event is
-    /// a frame of its own, and ends the frame of smaller events before it
-    /// (it is still queued, for the next poll, which takes it at once).
-    ///
-    /// `Ready(Err(_))` means the queue is empty and no event can come any more.
+    /// With nothing to give, it is `Ready(Err(_))` when no event can come any
+    /// more, `Ready(Ok(0))` when the producer polled by the body was woken
+    /// (poll it, then call again), and otherwise `Pending`, with `cx` woken at
+    /// the next event. A frame that is not empty clears the body's waker: the
+    /// connection polls again once it has written the frame.
     pub(crate) fn poll_recv(
         &self,
         cx: &mut Context<'_>,
         heartbeat: &'static [u8],
-        scratch: &mut Vec<Bytes>,
-    ) -> Poll<Result<Batch, Ended>> {
+        frame: &mut FrameBuilder,
+    ) -> Poll<Result<usize, Ended>> {
         let mut state = self.lock();
         if state.heartbeat_requested {
             state.heartbeat_requested = false;
-            scratch.push(Bytes::from_static(heartbeat));
+            frame.push(Bytes::from_static(heartbeat), 0);
         }
         let mut taken = 0;
-        let mut size: usize = scratch.iter().map(Bytes::len).sum();
         while let Some(next) = state.queue.front() {
-            let alone = next.len() >= JOIN_LIMIT;
-            if !scratch.is_empty() && (alone || size + next.len() > MAX_FRAME) {
+            if !frame.takes(next.len()) {
                 break;
             }
-            size += next.len();
+            let Some(bytes) = state.queue.pop_front() else {
+                break;
+            };
+            state.queued_bytes -= bytes.len();
             taken += 1;
-            if let Some(bytes) = state.queue.pop_front() {
-                state.queued_bytes -= bytes.len();
-                scratch.push(bytes);
-            }
-            if alone {
-                break;
-            }
+            frame.push(bytes, state.queued_bytes);
         }
-        if scratch.is_empty() {
+        if frame.is_empty() {
             if state.closed || state.senders == 0 {
                 return Poll::Ready(Err(if state.panicked {
                     Ended::Panicked
@@ -210,29 +290,44 @@ impl Shared {
                     Ended::Completed
                 }));
             }
+            // Checked under the lock that `wake` takes, so a wake-up is never lost.
+            if self.producer_woken.load(Ordering::Acquire) {
+                return Poll::Ready(Ok(0));
+            }
             match &mut state.receiver {
                 Some(waker) if waker.will_wake(cx.waker()) => {}
                 slot => *slot = Some(cx.waker().clone()),
             }
             return Poll::Pending;
         }
+        state.receiver = None;
         drop(state);
         if self.policy == Policy::Wait && taken > 0 {
+            // Wakes a producer waiting for room; one the body polls sets `producer_woken`.
             self.room.add_permits(taken);
         }
-        let bytes = if scratch.len() == 1 {
-            scratch.pop().unwrap_or_default()
-        } else {
-            let mut frame = BytesMut::with_capacity(size);
-            for part in scratch.drain(..) {
-                frame.extend_from_slice(&part);
-            }
-            frame.freeze()
-        };
-        Poll::Ready(Ok(Batch {
-            bytes,
-            events: taken,
-        }))
+        Poll::Ready(Ok(taken))
+    }
+
+    /// Whether the producer that the body polls was woken since the last
+    /// call; clears the flag.
+    pub(crate) fn take_producer_wake(&self) -> bool {
+        self.producer_woken.swap(false, Ordering::AcqRel)
+    }
+
+    /// Whether the producer that the body polls was woken and not polled yet.
+    pub(crate) fn producer_woken(&self) -> bool {
+        self.producer_woken.load(Ordering::Acquire)
+    }
+
+    /// Records that a producer panicked (its senders are dropped after the
+    /// unwinding was caught, so `remove_sender` cannot tell).
+    pub(crate) fn mark_panicked(&self) {
+        self.lock().panicked = true;
+    }
+
+    pub(crate) fn policy(&self) -> Policy {
+        self.policy
     }
 
     pub(crate) fn add_sender(&self) {
@@ -275,7 +370,6 @@ impl Shared {
         let discarded = {
             let mut state = self.lock();
             state.closed = true;
-            state.receiver_gone = true;
             state.queued_bytes = 0;
             state.receiver = None;
             std::mem::take(&mut state.queue)
@@ -316,17 +410,42 @@ impl Shared {
     }
 }
 
+/// The waker of the producer the body polls: it flags the producer and wakes
+/// the body, which polls it (sharing the queue's allocation, so a stream
+/// needs no task and no waker of its own).
+impl Wake for Shared {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.producer_woken.store(true, Ordering::Release);
+        let waker = self.lock().receiver.take();
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use futures::task::noop_waker_ref;
 
-    fn recv(shared: &Shared) -> Poll<Result<Vec<u8>, Ended>> {
+    /// One frame, as the body takes it (the producer flag cleared first).
+    fn poll_frame(
+        shared: &Shared,
+        frame: &mut FrameBuilder,
+    ) -> Poll<Result<(Bytes, usize), Ended>> {
         let mut cx = Context::from_waker(noop_waker_ref());
-        let mut scratch = Vec::new();
+        shared.take_producer_wake();
         shared
-            .poll_recv(&mut cx, b": \r\n", &mut scratch)
-            .map(|r| r.map(|batch| batch.bytes.to_vec()))
+            .poll_recv(&mut cx, b": \r\n", frame)
+            .map(|r| r.map(|events| (frame.take(), events)))
+    }
+
+    fn recv(shared: &Shared) -> Poll<Result<Vec<u8>, Ended>> {
+        poll_frame(shared, &mut FrameBuilder::default()).map(|r| r.map(|(bytes, _)| bytes.to_vec()))
     }
 
     #[test]
@@ -381,11 +500,10 @@ mod tests {
         }
         shared.try_push(Bytes::from("c")).unwrap();
         shared.request_heartbeat().unwrap();
-        let mut cx = Context::from_waker(noop_waker_ref());
-        let mut scratch = Vec::new();
+        let mut frame = FrameBuilder::default();
         let mut frames = Vec::new();
-        while let Poll::Ready(Ok(batch)) = shared.poll_recv(&mut cx, b": \r\n", &mut scratch) {
-            frames.push((batch.bytes, batch.events));
+        while let Poll::Ready(Ok(taken)) = poll_frame(&shared, &mut frame) {
+            frames.push(taken);
         }
         let sizes: Vec<_> = frames.iter().map(|(b, n)| (b.len(), *n)).collect();
         assert_eq!(sizes, [(6, 2), (JOIN_LIMIT, 1), (JOIN_LIMIT, 1), (1, 1)]);
@@ -416,5 +534,66 @@ mod tests {
         assert!(recv(&shared).is_pending());
         shared.remove_sender();
         assert_eq!(recv(&shared), Poll::Ready(Err(Ended::Completed)));
+    }
+
+    #[test]
+    fn a_frame_gathers_across_refills_up_to_the_cap() {
+        let shared = Shared::new(Policy::Wait, 2);
+        let mut cx = Context::from_waker(noop_waker_ref());
+        let mut frame = FrameBuilder::default();
+        let event = Bytes::from(vec![b'e'; 1000]);
+        let mut taken = 0;
+        // What a body-polled producer does: refill the queue as it drains.
+        while !frame.is_full() {
+            for _ in 0..2 {
+                shared.try_push(event.clone()).unwrap();
+            }
+            match shared.poll_recv(&mut cx, b": \r\n", &mut frame) {
+                Poll::Ready(Ok(n)) => taken += n,
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        let bytes = frame.take();
+        assert_eq!(taken, MAX_FRAME / 1000);
+        assert_eq!(bytes.len(), taken * 1000);
+        // The one that did not fit is still queued, first in the next frame.
+        assert_eq!(shared.queued(), (1, 1000));
+        assert!(frame.is_empty() && !frame.is_full());
+    }
+
+    #[test]
+    fn the_queue_is_the_waker_of_a_body_polled_producer() {
+        let shared = Arc::new(Shared::new(Policy::Wait, 1));
+        let mut frame = FrameBuilder::default();
+        let body = Arc::new(Flag::default());
+        let body_waker = Waker::from(body.clone());
+        let mut cx = Context::from_waker(&body_waker);
+        // Flagged at first, so that the body polls the producer before waiting.
+        assert_eq!(
+            shared.poll_recv(&mut cx, b"", &mut frame),
+            Poll::Ready(Ok(0))
+        );
+        assert!(shared.take_producer_wake());
+        assert_eq!(shared.poll_recv(&mut cx, b"", &mut frame), Poll::Pending);
+        // The producer's waker flags it and wakes the body, once.
+        Waker::from(shared.clone()).wake();
+        assert!(body.0.swap(false, Ordering::SeqCst));
+        assert!(shared.producer_woken());
+        assert_eq!(
+            shared.poll_recv(&mut cx, b"", &mut frame),
+            Poll::Ready(Ok(0))
+        );
+        assert!(shared.take_producer_wake());
+        assert!(!shared.producer_woken());
+        assert!(!body.0.load(Ordering::SeqCst));
+    }
+
+    #[derive(Default)]
+    struct Flag(AtomicBool);
+
+    impl Wake for Flag {
+        fn wake(self: Arc<Self>) {
+            self.0.store(true, Ordering::SeqCst);
+        }
     }
 }

@@ -296,7 +296,7 @@ where
         }
         let (mut parts, _handler_body) = response.into_parts();
         set_stream_headers(&mut parts.headers, ctx.version());
-        let stream = EventStream::new(&config, ctx);
+        let stream = EventStream::new(config, ctx);
         Poll::Ready(Ok(Response::from_parts(
             parts,
             ResponseBody::stream(stream),
@@ -317,7 +317,7 @@ pin_project! {
     #[project = KindProj]
     enum Kind<B> {
         Passthrough { #[pin] body: B },
-        Stream { stream: EventStream },
+        Stream { #[pin] stream: EventStream },
     }
 }
 
@@ -354,7 +354,7 @@ impl<B: Body<Data = Bytes>> Body for ResponseBody<B> {
     ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
         match self.project().kind.project() {
             KindProj::Passthrough { body } => body.poll_frame(cx),
-            KindProj::Stream { stream } => match ready!(Pin::new(stream).poll_frame(cx)) {
+            KindProj::Stream { stream } => match ready!(stream.poll_frame(cx)) {
                 Some(Ok(frame)) => Poll::Ready(Some(Ok(frame))),
                 Some(Err(never)) => match never {},
                 None => Poll::Ready(None),

@@ -177,8 +177,9 @@ impl SseResponse {
 
     /// The response as a plain `http::Response`, for servers other than axum.
     pub fn into_http(self) -> http::Response<EventStream> {
-        let mut response = http::Response::new(EventStream::new(&self.config, self.ctx.clone()));
-        set_stream_headers(response.headers_mut(), self.ctx.version());
+        let version = self.ctx.version();
+        let mut response = http::Response::new(EventStream::new(Arc::new(self.config), self.ctx));
+        set_stream_headers(response.headers_mut(), version);
         response
     }
 }

@@ -37,18 +37,21 @@ fn route(layer: SseLayer) -> Router {
     Router::new().route("/events", get(|| async {}).layer(layer))
 }
 
-/// The body of a stream started in-process, for tests on paused time.
+/// The body of a stream started in-process, for tests on paused time
+/// (pinned: `EventStream` holds its heartbeat timer inline).
 fn body(
     ready: impl Fn(EventSender, StreamContext) -> futures::future::BoxFuture<'static, ()>
     + Send
     + Sync
     + 'static,
     heartbeat: Duration,
-) -> tower_sse::EventStream {
+) -> std::pin::Pin<Box<tower_sse::EventStream>> {
     let request = http::Request::new(());
-    start_stream(ready, StreamContext::from_request(&request), heartbeat, 10)
-        .into_http()
-        .into_body()
+    Box::pin(
+        start_stream(ready, StreamContext::from_request(&request), heartbeat, 10)
+            .into_http()
+            .into_body(),
+    )
 }
 
 #[tokio::test(start_paused = true)]
