@@ -15,8 +15,9 @@
 //! Data: by default each producer starts every event from a fresh `String`
 //! (what a serialiser hands an application); tower-sse's `Event` takes it by
 //! value, axum's `Event::data` copies it. `--static-data` hands both a
-//! `&'static str` instead: axum copies it once, tower-sse's `Event::new`
-//! still makes a `String` of it (its API takes `impl Into<String>`).
+//! `&'static str` instead, each through its API for one: axum's
+//! `Event::data` copies it once, tower-sse's `Event::from_static` keeps the
+//! reference until it encodes (also one copy).
 //!
 //! Every measurement is a fresh server process and a fresh client process
 //! (this binary re-executed as `__server` / `__client`), pinned with
@@ -451,9 +452,8 @@ async fn produce_tower_sse(events: EventSender, gate: Gate, sc: Arc<Scenario>, d
         Kind::Throughput => {
             gate.wait().await;
             for _ in 0..sc.events {
-                // `Event::new(&str)` makes the same `String` internally.
                 let event = if sc.static_data {
-                    Event::new(data)
+                    Event::from_static(data)
                 } else {
                     Event::new(data.to_owned())
                 };

@@ -10,6 +10,10 @@ pub const LAST_EVENT_ID: &str = "last-event-id";
 /// The request that opened a stream: method, URI, version, headers,
 /// extensions and its `Last-Event-ID`. Cheap to clone.
 ///
+/// A stream hands its context to the ready function and keeps a copy only
+/// for a disconnect callback: a ready function that drops it (or never keeps
+/// it past its first await) frees the copied request.
+///
 /// The stream layer builds it for the ready function; in a handler it is an
 /// axum extractor, to pass to [`start_stream`](crate::start_stream).
 #[derive(Clone)]

@@ -84,7 +84,8 @@ pub fn mk_data(name: Option<&str>, data: &str, id: Option<&str>) -> Result<Bytes
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Event {
     pub(crate) name: Option<String>,
-    pub(crate) data: Option<String>,
+    /// `Cow` so that [`Event::from_static`] needs no copy before encoding.
+    pub(crate) data: Option<Cow<'static, str>>,
     pub(crate) id: Option<String>,
     retry: Option<Duration>,
     comment: Option<String>,
@@ -96,9 +97,27 @@ impl Event {
         Self::default().data(data)
     }
 
+    /// An event carrying `data` that lives for the whole program, not copied
+    /// until it is encoded (like `Bytes::from_static`).
+    ///
+    /// ```
+    /// use tower_sse::Event;
+    ///
+    /// static BANNER: &str = "welcome";
+    /// let event = Event::from_static(BANNER).name("hello");
+    /// assert_eq!(event, Event::new("welcome").name("hello"));
+    /// assert_eq!(&event.encode().unwrap()[..], b"event: hello\r\ndata: welcome\r\n\r\n");
+    /// ```
+    pub fn from_static(data: &'static str) -> Self {
+        Self {
+            data: Some(Cow::Borrowed(data)),
+            ..Self::default()
+        }
+    }
+
     /// Sets the data. An event without data is not dispatched by clients.
     pub fn data(mut self, data: impl Into<String>) -> Self {
-        self.data = Some(data.into());
+        self.data = Some(Cow::Owned(data.into()));
         self
     }
 
@@ -473,6 +492,23 @@ mod tests {
     }
 
     #[test]
+    fn static_data_encodes_as_owned_data_does() {
+        for text in ["", "plain", "a\r\nb\nc\rd", "x\n", &"y".repeat(5000)] {
+            let text: &'static str = Box::leak(text.to_owned().into_boxed_str());
+            let event = Event::from_static(text).name("n").id("1");
+            assert_eq!(
+                wire(event.clone()),
+                wire(Event::new(text).name("n").id("1"))
+            );
+            // Setting data later replaces it, as for any event.
+            assert_eq!(
+                wire(event.data("z")),
+                "event: n\r\nid: 1\r\ndata: z\r\n\r\n"
+            );
+        }
+    }
+
+    #[test]
     fn trailing_and_empty_lines_are_kept() {
         assert_eq!(wire(Event::new("x\n")), "data: x\r\ndata: \r\n\r\n");
         assert_eq!(wire(Event::new("")), "data: \r\n\r\n");
@@ -626,7 +662,7 @@ mod tests {
         ) {
             let event = Event {
                 name,
-                data,
+                data: data.map(Cow::Owned),
                 id,
                 retry: retry.map(Duration::from_millis),
                 comment,

@@ -25,8 +25,10 @@ use crate::{
 /// like Pedestal's `start-event-stream`.
 ///
 /// The ready function is called once, concurrently with the stream, with
-/// the stream's [`EventSender`] and the request's [`StreamContext`].
-/// Heartbeat: a comment after each `heartbeat` of silence (`Duration::ZERO`
+/// the stream's [`EventSender`] and the request's [`StreamContext`]; with a
+/// fixed buffer the response body polls it (no task per stream), with a
+/// dropping or sliding buffer it runs as a task of its own (see
+/// [`EventStream`](crate::EventStream)). Heartbeat: a comment after each `heartbeat` of silence (`Duration::ZERO`
 /// turns heartbeats off). Buffer: anything `Into<Buffer>` (a number is a
 /// fixed buffer).
 ///

@@ -101,7 +101,8 @@ pub(crate) fn set_stream_headers(headers: &mut HeaderMap, version: Version) {
 /// ready function) and returns the stream as its response.
 ///
 /// `ready` is called once, concurrently with the stream, with the stream's
-/// [`EventSender`] and `ctx`. A heartbeat comment goes out after each
+/// [`EventSender`] and `ctx` (polled by the body with a fixed buffer, as a
+/// task of its own otherwise: see [`EventStream`]). A heartbeat comment goes out after each
 /// `heartbeat` of silence (`Duration::ZERO` turns heartbeats off).
 ///
 /// ```no_run

@@ -461,8 +461,12 @@ impl Hub {
         move |events, ctx| {
             let hub = hub.clone();
             let topics = topics(&ctx);
+            // Only the id outlives this call: the stream keeps no copy of the request.
+            let last_event_id = ctx.last_event_id().map(str::to_owned);
+            drop(ctx);
             Box::pin(async move {
-                hub.subscribe(&events, ctx.last_event_id(), &topics).await;
+                hub.subscribe(&events, last_event_id.as_deref(), &topics)
+                    .await;
             })
         }
     }
