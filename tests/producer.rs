@@ -64,6 +64,13 @@ async fn frames(body: &mut Pin<Box<EventStream>>) -> Vec<Bytes> {
     frames
 }
 
+/// Polls `body` once, with a waker that does nothing: whether it is pending.
+fn poll_once(body: &mut Pin<Box<EventStream>>) -> bool {
+    let waker = futures::task::noop_waker();
+    let mut cx = std::task::Context::from_waker(&waker);
+    http_body::Body::poll_frame(body.as_mut(), &mut cx).is_pending()
+}
+
 /// The events in `frames`, by the independent parser.
 async fn parse(frames: &[Bytes]) -> Vec<Parsed> {
     futures::stream::iter(frames.iter().cloned().map(Ok::<_, Infallible>))
@@ -113,17 +120,9 @@ async fn a_fixed_buffer_spawns_no_task_and_a_sliding_one_does() {
     let mut fixed = body(idle, Buffer::fixed(10));
     let mut sliding = body(idle, Buffer::sliding(10));
     assert_eq!(metrics.num_alive_tasks(), 0);
-    let poll_once = |body: &mut Pin<Box<EventStream>>| {
-        let waker = futures::task::noop_waker();
-        let mut cx = std::task::Context::from_waker(&waker);
-        assert!(
-            http_body::Body::poll_frame(body.as_mut(), &mut cx).is_pending(),
-            "an idle stream yielded"
-        );
-    };
-    poll_once(&mut fixed);
+    assert!(poll_once(&mut fixed), "an idle stream yielded");
     assert_eq!(metrics.num_alive_tasks(), 0);
-    poll_once(&mut sliding);
+    assert!(poll_once(&mut sliding), "an idle stream yielded");
     assert_eq!(metrics.num_alive_tasks(), 1);
     drop((fixed, sliding));
     eventually("the sliding stream's task to end", || {
@@ -147,9 +146,7 @@ async fn a_sliding_buffer_producer_runs_while_the_client_does_not_read() {
         }
     };
     let mut body = body(ready, Buffer::sliding(5));
-    let waker = futures::task::noop_waker();
-    let mut cx = std::task::Context::from_waker(&waker);
-    let _ = http_body::Body::poll_frame(body.as_mut(), &mut cx);
+    poll_once(&mut body);
     // The body is not polled again until the producer is done.
     eventually("the producer to finish", || sent.load(SeqCst) == 100).await;
     let frames = frames(&mut body).await;
@@ -219,9 +216,7 @@ async fn the_request_context_is_kept_only_while_someone_needs_it() {
     let mut quiet = body_for(idle, Buffer::fixed(1), &request);
     drop(request);
     assert_eq!(live.load(SeqCst), 1);
-    let waker = futures::task::noop_waker();
-    let mut cx = std::task::Context::from_waker(&waker);
-    assert!(http_body::Body::poll_frame(quiet.as_mut(), &mut cx).is_pending());
+    assert!(poll_once(&mut quiet));
     assert_eq!(live.load(SeqCst), 0);
     drop(quiet);
 
@@ -244,7 +239,7 @@ async fn the_request_context_is_kept_only_while_someone_needs_it() {
     });
     drop(request);
     let mut kept = Box::pin(response.into_http().into_body());
-    assert!(http_body::Body::poll_frame(kept.as_mut(), &mut cx).is_pending());
+    assert!(poll_once(&mut kept));
     assert_eq!(live.load(SeqCst), 1);
     drop(kept);
     assert_eq!(seen.load(SeqCst), 1);
@@ -324,4 +319,12 @@ async fn a_slow_reader_holds_back_a_body_polled_producer() {
     assert_eq!(sent.load(SeqCst), last, "the producer kept going");
     // Bounded by the socket buffers and hyper's, not by the producer.
     assert!(last < 50_000, "{last} events of 1 KiB accepted");
+}
+
+#[test]
+fn the_body_stays_send_and_sync() {
+    // It holds the ready function's future (only `Send`) behind a `Mutex`.
+    fn assert_send_sync<T: Send + Sync + 'static>() {}
+    assert_send_sync::<EventStream>();
+    assert_send_sync::<tower_sse::ResponseBody<String>>();
 }
