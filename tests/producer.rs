@@ -317,6 +317,7 @@ async fn a_slow_reader_holds_back_a_body_polled_producer() {
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(sent.load(SeqCst), last, "the producer kept going");
+    eprintln!("slow reader, body-polled fixed(4): {last} events of 1 KiB accepted before it stalled");
     // Bounded by the socket buffers and hyper's, not by the producer.
     assert!(last < 50_000, "{last} events of 1 KiB accepted");
 }
