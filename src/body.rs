@@ -26,7 +26,7 @@ use tracing::Instrument;
 use crate::{
     StreamContext,
     buffer::Policy,
-    channel::{Ended, FrameBuilder, Shared},
+    channel::{Ended, FrameBuilder, ProducerPoll, Shared},
     event::HEARTBEAT,
     sender::EventSender,
     stats::{self, StreamTotals},
@@ -66,12 +66,44 @@ pin_project! {
     /// With a fixed buffer (the default), the body polls the ready function's
     /// future itself, as axum's `Sse` polls its stream: no task is spawned, and
     /// each time the connection asks for data the body lets the ready function
-    /// refill the buffer again and again into one frame (up to 64 KiB, or as
-    /// many refills as tokio's cooperative budget allows in one poll), so even
-    /// a small buffer makes full writes. The ready function then waits while
-    /// the client is not reading, as it would for room in the buffer. With a
-    /// dropping or sliding buffer, whose point is that a slow client never
-    /// holds the application back, the ready function runs as a task of its own.
+    /// refill the buffer again and again into one frame (up to 64 KiB, 256
+    /// refills, or as many as tokio's cooperative budget allows in one poll),
+    /// so even a small buffer makes full writes.
+    ///
+    /// The ready function is then polled only while the connection wants
+    /// data: when the client (or an HTTP/2 flow-control window) stops
+    /// reading, it is not polled at all, not only when its buffer is full.
+    /// Work it must go on doing regardless (draining a `broadcast` receiver,
+    /// keeping an `interval`'s schedule with `try_send`) belongs in a task of
+    /// its own, holding the sender:
+    ///
+    /// ```
+    /// use tower_sse::{EventSender, SseLayer, StreamContext};
+    ///
+    /// async fn produce(events: EventSender) {
+    ///     let mut ticks = tokio::time::interval(std::time::Duration::from_secs(1));
+    ///     loop {
+    ///         ticks.tick().await;
+    ///         match events.try_send("tick") {
+    ///             Ok(()) | Err(tower_sse::TrySendError::Full(_)) => {}
+    ///             Err(_) => return,
+    ///         }
+    ///     }
+    /// }
+    ///
+    /// let layer = SseLayer::new(|events: EventSender, _ctx: StreamContext| async move {
+    ///     tokio::spawn(produce(events));
+    /// });
+    /// # let _ = layer;
+    /// ```
+    ///
+    /// With a dropping or sliding buffer, whose point is that a slow client
+    /// never holds the application back, the ready function runs as a task of
+    /// its own anyway. Either way it is dropped (or aborted) when the stream
+    /// ends.
+    ///
+    /// The body is `!Unpin` (its heartbeat timer is inline): pin it
+    /// (`Box::pin`, `std::pin::pin!`) to poll it by hand.
     pub struct EventStream {
         state: State,
         // Inline rather than boxed: one allocation less per stream.
@@ -187,7 +219,15 @@ impl State {
         let Some(ctx) = ctx else {
             return;
         };
-        let ready = (self.config.ready)(sender, ctx);
+        // Its synchronous part runs here, inside hyper's task: never unwind there.
+        let ready = match catch_unwind(AssertUnwindSafe(|| (self.config.ready)(sender, ctx))) {
+            Ok(ready) => ready,
+            Err(_) => {
+                tracing::error!(parent: self.span(), "the ready function panicked");
+                self.shared.mark_panicked();
+                return;
+            }
+        };
         self.producer = if self.shared.policy() == Policy::Wait {
             Producer::Polled(Mutex::new(ready))
         } else {
@@ -216,6 +256,7 @@ impl State {
         let span = self.span.as_deref().unwrap_or(&NO_SPAN);
         let polled = {
             let _entered = span.enter();
+            let _producer = ProducerPoll::enter();
             catch_unwind(AssertUnwindSafe(|| ready.as_mut().poll(&mut cx)))
         };
         match polled {

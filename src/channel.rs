@@ -1,10 +1,12 @@
 //! The bounded queue between a stream's senders and its body.
 //!
 //! Events are encoded by the sender and queued as `Bytes`. The body takes
-//! every event already queued at each poll and writes them as one frame, so a
-//! busy stream makes few, full writes; it never waits for more to arrive.
+//! every event already queued at each poll and writes them as one frame (with
+//! a fixed buffer, also what the ready function it polls queues meanwhile),
+//! so a busy stream makes few, full writes; it never waits for more to arrive.
 
 use std::{
+    cell::Cell,
     collections::VecDeque,
     sync::{
         Arc, Mutex, MutexGuard, PoisonError,
@@ -124,7 +126,7 @@ impl FrameBuilder {
             // is busy, so grow once, to the cap, rather than copy at every
             // doubling (large copies are slow on some machines; see `event.rs`).
             self.joined
-                .reserve((MAX_FRAME - self.joined.len()).max(bytes.len()));
+                .reserve(MAX_FRAME.saturating_sub(self.joined.len()).max(bytes.len()));
         }
         self.joined.extend_from_slice(&bytes);
     }
@@ -178,12 +180,18 @@ impl Shared {
 
     /// Queues `bytes`, waiting for room under [`Policy::Wait`].
     ///
-    /// Room that is there now is taken without `acquire`, which would spend
-    /// tokio's cooperative budget: a producer polled by the body then fills
-    /// whole frames, not 128 events per poll. One that waits spends it.
+    /// `acquire` spends tokio's cooperative budget, so that a task sending in
+    /// a loop yields now and then. Inside a body's poll of its own producer
+    /// (see [`ProducerPoll`]), room that is there now is taken without it:
+    /// that producer then fills whole frames, not 128 events per poll, and
+    /// the body bounds the poll itself. Waiting for room spends it as usual.
     pub(crate) async fn push(&self, bytes: Bytes) -> Result<(), Rejected> {
         if self.policy == Policy::Wait {
-            match self.room.try_acquire() {
+            let free = match ProducerPoll::active() {
+                true => self.room.try_acquire(),
+                false => Err(TryAcquireError::NoPermits),
+            };
+            match free {
                 Ok(permit) => permit.forget(),
                 Err(TryAcquireError::Closed) => return Err(Rejected::Closed),
                 Err(TryAcquireError::NoPermits) => match self.room.acquire().await {
@@ -266,7 +274,9 @@ impl Shared {
         frame: &mut FrameBuilder,
     ) -> Poll<Result<usize, Ended>> {
         let mut state = self.lock();
-        if state.heartbeat_requested {
+        // At the start of a frame only: one heartbeat per frame however many
+        // requests, and never past the size cap.
+        if state.heartbeat_requested && frame.is_empty() {
             state.heartbeat_requested = false;
             frame.push(Bytes::from_static(heartbeat), 0);
         }
@@ -407,6 +417,35 @@ impl Shared {
 
     pub(crate) fn capacity(&self) -> usize {
         self.capacity
+    }
+}
+
+thread_local! {
+    static PRODUCER_POLL: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Marks this thread as polling a body's own producer, until dropped: the
+/// sends that producer makes meanwhile take free room without spending
+/// tokio's budget (see [`Shared::push`]); sends from anywhere else spend it.
+pub(crate) struct ProducerPoll {
+    outer: bool,
+}
+
+impl ProducerPoll {
+    pub(crate) fn enter() -> Self {
+        Self {
+            outer: PRODUCER_POLL.with(|active| active.replace(true)),
+        }
+    }
+
+    fn active() -> bool {
+        PRODUCER_POLL.with(Cell::get)
+    }
+}
+
+impl Drop for ProducerPoll {
+    fn drop(&mut self) {
+        PRODUCER_POLL.with(|active| active.set(self.outer));
     }
 }
 

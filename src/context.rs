@@ -11,8 +11,10 @@ pub const LAST_EVENT_ID: &str = "last-event-id";
 /// extensions and its `Last-Event-ID`. Cheap to clone.
 ///
 /// A stream hands its context to the ready function and keeps a copy only
-/// for a disconnect callback: a ready function that drops it (or never keeps
-/// it past its first await) frees the copied request.
+/// for a disconnect callback. A ready function that drops it frees the
+/// copied request: a closure whose future does not capture it
+/// (`|events, _ctx| async move { .. }`), or an explicit `drop(ctx)`; an
+/// `async fn ready(events, _ctx)` keeps its arguments until it returns.
 ///
 /// The stream layer builds it for the ready function; in a handler it is an
 /// axum extractor, to pass to [`start_stream`](crate::start_stream).

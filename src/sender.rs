@@ -82,7 +82,10 @@ impl EventSender {
     /// use tower_sse::TrySendError;
     /// match events.try_send("tick") {
     ///     Ok(()) => {}
-    ///     Err(TrySendError::Full(_event)) => { /* the client is slow: skip this tick */ }
+    ///     // The client is slow: skip this tick. (A ready function polled by
+    ///     // its body, with a fixed buffer, is not even polled while the client
+    ///     // does not read: run such a loop in a task of its own; see `EventStream`.)
+    ///     Err(TrySendError::Full(_event)) => {}
     ///     Err(other) => eprintln!("not sent: {other}"),
     /// }
     /// # }
@@ -104,7 +107,9 @@ impl EventSender {
     /// Sends an event from a plain (non-async) thread, blocking it until there is room.
     ///
     /// Do not call it from async code: blocking a runtime thread can stall
-    /// the very stream it waits on. Use [`send`](Self::send) there.
+    /// the very stream it waits on (inside the ready function of a stream
+    /// with a fixed buffer, whose body polls that function, it always
+    /// deadlocks). Use [`send`](Self::send) there.
     ///
     /// # Errors
     ///

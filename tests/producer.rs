@@ -317,7 +317,9 @@ async fn a_slow_reader_holds_back_a_body_polled_producer() {
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(sent.load(SeqCst), last, "the producer kept going");
-    eprintln!("slow reader, body-polled fixed(4): {last} events of 1 KiB accepted before it stalled");
+    eprintln!(
+        "slow reader, body-polled fixed(4): {last} events of 1 KiB accepted before it stalled"
+    );
     // Bounded by the socket buffers and hyper's, not by the producer.
     assert!(last < 50_000, "{last} events of 1 KiB accepted");
 }
@@ -328,4 +330,81 @@ fn the_body_stays_send_and_sync() {
     fn assert_send_sync<T: Send + Sync + 'static>() {}
     assert_send_sync::<EventStream>();
     assert_send_sync::<tower_sse::ResponseBody<String>>();
+}
+
+#[tokio::test]
+async fn requested_heartbeats_never_overrun_a_frame() {
+    // A ready function that asks for a heartbeat after every event, with
+    // events just under the join limit: one heartbeat per frame at most, at
+    // its start, and no frame past the cap.
+    let ready = |events: EventSender, _| async move {
+        let data = "x".repeat(2_030);
+        for _ in 0..200 {
+            if events.send(data.as_str()).await.is_err() {
+                return;
+            }
+            tower_sse::do_heartbeat(&events).unwrap();
+        }
+    };
+    let mut body = body(ready, Buffer::fixed(1));
+    let frames = frames(&mut body).await;
+    for frame in &frames {
+        assert!(frame.len() <= MAX_FRAME, "a frame of {} bytes", frame.len());
+        let heartbeats = frame.windows(4).filter(|w| w == b": \r\n").count();
+        assert!(heartbeats <= 1, "{heartbeats} heartbeats in one frame");
+        if heartbeats == 1 {
+            assert!(frame.starts_with(b": \r\n"));
+        }
+    }
+    assert_eq!(parse(&frames).await.len(), 200);
+}
+
+#[tokio::test]
+async fn a_task_sending_with_room_to_spare_still_yields() {
+    // Outside a body's poll, `send` spends tokio's cooperative budget as
+    // tokio's own channels do: a task looping over sends lets others run.
+    let events = Arc::new(std::sync::Mutex::new(None::<EventSender>));
+    let slot = events.clone();
+    let idle = move |sender: EventSender, _| {
+        *slot.lock().unwrap() = Some(sender.clone());
+        async move { sender.closed().await }
+    };
+    let mut body = body(idle, Buffer::fixed(100_000));
+    assert!(poll_once(&mut body));
+    let sender = events.lock().unwrap().take().unwrap();
+    let sent = Arc::new(AtomicUsize::new(0));
+    let progress = sent.clone();
+    let producer = tokio::spawn(async move {
+        for _ in 0..10_000 {
+            sender.send("x").await.unwrap();
+            progress.fetch_add(1, SeqCst);
+        }
+    });
+    let seen = sent.clone();
+    let observer = tokio::spawn(async move { seen.load(SeqCst) });
+    let observed = observer.await.unwrap();
+    producer.await.unwrap();
+    assert!(observed < 10_000, "the sending task never yielded");
+    assert_eq!(sent.load(SeqCst), 10_000);
+}
+
+#[tokio::test]
+async fn a_ready_function_that_panics_before_its_future_exists_is_contained() {
+    for buffer in [Buffer::fixed(4), Buffer::sliding(4)] {
+        fn ready(_events: EventSender, ctx: StreamContext) -> std::future::Ready<()> {
+            panic!("no future for {}", ctx.uri());
+        }
+        let reasons = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = reasons.clone();
+        let response = start_stream(
+            ready,
+            StreamContext::from_request(&http::Request::new(())),
+            Duration::ZERO,
+            buffer.clone(),
+        )
+        .on_client_disconnect(move |_, reason| seen.lock().unwrap().push(reason));
+        let mut body = Box::pin(response.into_http().into_body());
+        assert!(frames(&mut body).await.is_empty(), "{buffer:?}");
+        assert_eq!(*reasons.lock().unwrap(), [DisconnectReason::Panicked]);
+    }
 }
