@@ -38,7 +38,9 @@
 //! - `raw-join`: the same, joining every event already queued into one frame
 //!   (up to 64 KiB);
 //! - `bare`: a body that never yields, without task or channel (the floor for
-//!   the memory of an idle stream).
+//!   the memory of an idle stream);
+//! - `tower-sse-ctx` (idle only, with `--impls`): tower-sse with a ready
+//!   function that keeps its `StreamContext`, so the copy of the request stays.
 //!
 //! The channel capacity (`--capacity`) is the same for every implementation.
 
@@ -98,6 +100,10 @@ fn main() -> Result<(), Error> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Imp {
     TowerSse,
+    /// Idle only: a ready function that keeps its `StreamContext` (as an
+    /// `async fn ready(events, _ctx)` does), so the stream keeps the copy of
+    /// the request.
+    TowerSseCtx,
     AxumSse,
     RawHyper,
     RawJoin,
@@ -105,8 +111,9 @@ enum Imp {
 }
 
 impl Imp {
-    const ALL: [Imp; 5] = [
+    const ALL: [Imp; 6] = [
         Imp::TowerSse,
+        Imp::TowerSseCtx,
         Imp::AxumSse,
         Imp::RawHyper,
         Imp::RawJoin,
@@ -116,6 +123,7 @@ impl Imp {
     fn name(self) -> &'static str {
         match self {
             Imp::TowerSse => "tower-sse",
+            Imp::TowerSseCtx => "tower-sse-ctx",
             Imp::AxumSse => "axum-sse",
             Imp::RawHyper => "raw-hyper",
             Imp::RawJoin => "raw-join",
@@ -384,7 +392,16 @@ fn router(scenario: &Scenario) -> Router {
             .buffer(scenario.capacity);
             Router::new().route("/sse", get(|| async {}).layer(layer))
         }
-        Imp::TowerSse => {
+        Imp::TowerSseCtx if scenario.kind == Kind::Idle => {
+            let layer = SseLayer::new(|events: EventSender, ctx: StreamContext| async move {
+                let _kept = ctx;
+                events.closed().await;
+            })
+            .heartbeat(scenario.heartbeat())
+            .buffer(scenario.capacity);
+            Router::new().route("/sse", get(|| async {}).layer(layer))
+        }
+        Imp::TowerSse | Imp::TowerSseCtx => {
             let layer = SseLayer::new(move |events: EventSender, _ctx: StreamContext| {
                 produce_tower_sse(events, gate.clone(), sc.clone(), data)
             })
