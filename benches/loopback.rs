@@ -382,33 +382,31 @@ fn router(scenario: &Scenario) -> Router {
     let gate = Gate::new(scenario.streams);
     let data: &'static str = Box::leak(payload(scenario.size).into_boxed_str());
     let sc = Arc::new(scenario.clone());
+    // Every tower-sse variant: the same route, heartbeat and buffer.
+    let tower_sse = |layer: SseLayer| {
+        let layer = layer
+            .heartbeat(scenario.heartbeat())
+            .buffer(scenario.capacity);
+        Router::new().route("/sse", get(|| async {}).layer(layer))
+    };
     match scenario.imp {
         // Idle streams get the smallest producer that keeps them open.
-        Imp::TowerSse if scenario.kind == Kind::Idle => {
-            let layer = SseLayer::new(|events: EventSender, _ctx: StreamContext| async move {
+        Imp::TowerSse if scenario.kind == Kind::Idle => tower_sse(SseLayer::new(
+            |events: EventSender, _ctx: StreamContext| async move {
                 events.closed().await;
-            })
-            .heartbeat(scenario.heartbeat())
-            .buffer(scenario.capacity);
-            Router::new().route("/sse", get(|| async {}).layer(layer))
-        }
-        Imp::TowerSseCtx if scenario.kind == Kind::Idle => {
-            let layer = SseLayer::new(|events: EventSender, ctx: StreamContext| async move {
+            },
+        )),
+        Imp::TowerSseCtx if scenario.kind == Kind::Idle => tower_sse(SseLayer::new(
+            |events: EventSender, ctx: StreamContext| async move {
                 let _kept = ctx;
                 events.closed().await;
-            })
-            .heartbeat(scenario.heartbeat())
-            .buffer(scenario.capacity);
-            Router::new().route("/sse", get(|| async {}).layer(layer))
-        }
-        Imp::TowerSse | Imp::TowerSseCtx => {
-            let layer = SseLayer::new(move |events: EventSender, _ctx: StreamContext| {
+            },
+        )),
+        Imp::TowerSse | Imp::TowerSseCtx => tower_sse(SseLayer::new(
+            move |events: EventSender, _ctx: StreamContext| {
                 produce_tower_sse(events, gate.clone(), sc.clone(), data)
-            })
-            .heartbeat(scenario.heartbeat())
-            .buffer(scenario.capacity);
-            Router::new().route("/sse", get(|| async {}).layer(layer))
-        }
+            },
+        )),
         Imp::AxumSse => Router::new().route(
             "/sse",
             get(move || {

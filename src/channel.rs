@@ -187,9 +187,10 @@ impl Shared {
     /// the body bounds the poll itself. Waiting for room spends it as usual.
     pub(crate) async fn push(&self, bytes: Bytes) -> Result<(), Rejected> {
         if self.policy == Policy::Wait {
-            let free = match ProducerPoll::active() {
-                true => self.room.try_acquire(),
-                false => Err(TryAcquireError::NoPermits),
+            let free = if ProducerPoll::active() {
+                self.room.try_acquire()
+            } else {
+                Err(TryAcquireError::NoPermits)
             };
             match free {
                 Ok(permit) => permit.forget(),
@@ -301,7 +302,7 @@ impl Shared {
                 }));
             }
             // Checked under the lock that `wake` takes, so a wake-up is never lost.
-            if self.producer_woken.load(Ordering::Acquire) {
+            if self.producer_woken() {
                 return Poll::Ready(Ok(0));
             }
             match &mut state.receiver {

@@ -28,9 +28,9 @@ use crate::{
 /// the stream's [`EventSender`] and the request's [`StreamContext`]; with a
 /// fixed buffer the response body polls it (no task per stream), with a
 /// dropping or sliding buffer it runs as a task of its own (see
-/// [`EventStream`](crate::EventStream)). Heartbeat: a comment after each `heartbeat` of silence (`Duration::ZERO`
-/// turns heartbeats off). Buffer: anything `Into<Buffer>` (a number is a
-/// fixed buffer).
+/// [`EventStream`](crate::EventStream)). Heartbeat: a comment after each
+/// `heartbeat` of silence (`Duration::ZERO` turns heartbeats off). Buffer:
+/// anything `Into<Buffer>` (a number is a fixed buffer).
 ///
 /// ```no_run
 /// use std::time::Duration;

@@ -49,6 +49,30 @@ where
     body_for(ready, buffer, &http::Request::new(()))
 }
 
+/// A stream like [`body`], with a disconnect callback recording each reason.
+fn recorded_body<F, Fut>(
+    ready: F,
+    buffer: Buffer,
+) -> (
+    Pin<Box<EventStream>>,
+    Arc<std::sync::Mutex<Vec<DisconnectReason>>>,
+)
+where
+    F: Fn(EventSender, StreamContext) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let reasons = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = reasons.clone();
+    let response = start_stream(
+        ready,
+        StreamContext::from_request(&http::Request::new(())),
+        Duration::ZERO,
+        buffer,
+    )
+    .on_client_disconnect(move |_, reason| seen.lock().unwrap().push(reason));
+    (Box::pin(response.into_http().into_body()), reasons)
+}
+
 /// Every frame until the body ends.
 async fn frames(body: &mut Pin<Box<EventStream>>) -> Vec<Bytes> {
     let mut frames = Vec::new();
@@ -62,6 +86,11 @@ async fn frames(body: &mut Pin<Box<EventStream>>) -> Vec<Bytes> {
         frames.push(data);
     }
     frames
+}
+
+/// The data of each event in `frames`, by the independent parser.
+async fn data_of(frames: &[Bytes]) -> Vec<String> {
+    parse(frames).await.into_iter().map(|e| e.data).collect()
 }
 
 /// Polls `body` once, with a waker that does nothing: whether it is pending.
@@ -109,7 +138,7 @@ async fn a_dropping_buffer_keeps_its_capacity_per_frame() {
     // body is not polled is what the buffer holds, and no more.
     let mut body = body(|events, _| count_to(events, 100), Buffer::dropping(4));
     let frames = frames(&mut body).await;
-    let data: Vec<String> = parse(&frames).await.into_iter().map(|e| e.data).collect();
+    let data = data_of(&frames).await;
     assert_eq!(data, ["0", "1", "2", "3"]);
 }
 
@@ -150,7 +179,7 @@ async fn a_sliding_buffer_producer_runs_while_the_client_does_not_read() {
     // The body is not polled again until the producer is done.
     eventually("the producer to finish", || sent.load(SeqCst) == 100).await;
     let frames = frames(&mut body).await;
-    let data: Vec<String> = parse(&frames).await.into_iter().map(|e| e.data).collect();
+    let data = data_of(&frames).await;
     // Whatever the first poll took, then the newest five.
     assert_eq!(data[data.len() - 5..], ["95", "96", "97", "98", "99"]);
 }
@@ -163,21 +192,8 @@ async fn panics_end_only_their_stream_with_either_buffer() {
             tokio::task::yield_now().await;
             panic!("the application failed");
         };
-        let reasons = Arc::new(std::sync::Mutex::new(Vec::new()));
-        let seen = reasons.clone();
-        let response = start_stream(
-            ready,
-            StreamContext::from_request(&http::Request::new(())),
-            Duration::ZERO,
-            buffer.clone(),
-        )
-        .on_client_disconnect(move |_, reason| seen.lock().unwrap().push(reason));
-        let mut body = Box::pin(response.into_http().into_body());
-        let data: Vec<String> = parse(&frames(&mut body).await)
-            .await
-            .into_iter()
-            .map(|e| e.data)
-            .collect();
+        let (mut body, reasons) = recorded_body(ready, buffer.clone());
+        let data = data_of(&frames(&mut body).await).await;
         assert_eq!(data, ["before"], "{buffer:?}");
         assert_eq!(*reasons.lock().unwrap(), [DisconnectReason::Panicked]);
     }
@@ -394,16 +410,7 @@ async fn a_ready_function_that_panics_before_its_future_exists_is_contained() {
         fn ready(_events: EventSender, ctx: StreamContext) -> std::future::Ready<()> {
             panic!("no future for {}", ctx.uri());
         }
-        let reasons = Arc::new(std::sync::Mutex::new(Vec::new()));
-        let seen = reasons.clone();
-        let response = start_stream(
-            ready,
-            StreamContext::from_request(&http::Request::new(())),
-            Duration::ZERO,
-            buffer.clone(),
-        )
-        .on_client_disconnect(move |_, reason| seen.lock().unwrap().push(reason));
-        let mut body = Box::pin(response.into_http().into_body());
+        let (mut body, reasons) = recorded_body(ready, buffer.clone());
         assert!(frames(&mut body).await.is_empty(), "{buffer:?}");
         assert_eq!(*reasons.lock().unwrap(), [DisconnectReason::Panicked]);
     }
