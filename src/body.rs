@@ -2,7 +2,6 @@
 //! end-of-stream bookkeeping.
 
 use std::{
-    convert::Infallible,
     fmt,
     future::Future,
     panic::{AssertUnwindSafe, catch_unwind},
@@ -14,6 +13,7 @@ use std::{
 
 use bytes::Bytes;
 use futures::future::BoxFuture;
+use http::Method;
 use http_body::{Body, Frame};
 use pin_project_lite::pin_project;
 use tokio::{
@@ -26,9 +26,11 @@ use tracing::Instrument;
 use crate::{
     StreamContext,
     buffer::Policy,
-    channel::{Ended, FrameBuilder, ProducerPoll, Shared},
     event::HEARTBEAT,
+    frame::FrameBuilder,
+    queue::{Ended, ProducerPoll, Queue},
     sender::EventSender,
+    stall::{Out, StallWatch},
     stats::{self, StreamTotals},
     stream::StreamConfig,
 };
@@ -49,7 +51,35 @@ pub enum DisconnectReason {
     /// the queued events and the shutdown event were delivered, then the body
     /// ended cleanly.
     Shutdown,
+    /// The client stayed connected but stopped reading: a frame handed to
+    /// the connection was not written for the stall timeout (see
+    /// [`SseLayer::stall_timeout`](crate::SseLayer::stall_timeout)). The
+    /// body ended with [`StreamError::Stalled`], so the connection was
+    /// closed (HTTP/1) or the stream reset (HTTP/2).
+    Stalled,
 }
+
+/// Why an event stream's body failed. The connection is closed (HTTP/1) or
+/// the stream reset (HTTP/2), and an `EventSource` reconnects.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum StreamError {
+    /// The client stopped reading: a frame was not written for this long
+    /// (the stream's stall timeout).
+    Stalled(Duration),
+}
+
+impl fmt::Display for StreamError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Stalled(timeout) => {
+                write!(f, "client stalled: nothing written for {timeout:?}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for StreamError {}
 
 pin_project! {
     /// The body of an event stream: an [`http_body::Body`] that yields encoded
@@ -120,7 +150,7 @@ pin_project! {
 
 /// Everything of a stream but its timer (which is pinned).
 struct State {
-    shared: Arc<Shared>,
+    queue: Arc<Queue>,
     config: Arc<StreamConfig>,
     producer: Producer,
     /// Kept for the disconnect callback only; otherwise handed to the ready
@@ -130,6 +160,8 @@ struct State {
     shutdown: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
     /// The stream's tracing span, boxed and only when enabled (it is 40 bytes).
     span: Option<Box<tracing::Span>>,
+    /// The frame handed to the connection, watched with a stall timeout.
+    stall: Option<Box<StallWatch>>,
     events: u64,
     bytes: u64,
     phase: Phase,
@@ -143,7 +175,7 @@ enum Producer {
     /// Polled by the body (fixed buffers); the `Mutex` keeps the body `Sync`
     /// and is never locked (`get_mut`).
     Polled(Mutex<BoxFuture<'static, ()>>),
-    /// Running as its own task (dropping and sliding buffers).
+    /// Running as its own task (dropping and sliding buffers, or when asked).
     Spawned(AbortHandle),
     Done,
 }
@@ -166,24 +198,44 @@ static NO_SPAN: tracing::Span = tracing::Span::none();
 
 impl EventStream {
     pub(crate) fn new(config: Arc<StreamConfig>, ctx: StreamContext) -> Self {
-        let (policy, capacity) = config.buffer.resolve();
-        let shared = Arc::new(Shared::new(policy, capacity));
-        let span = tracing::debug_span!("sse_stream", uri = %ctx.uri());
-        tracing::debug!(parent: &span, ?policy, capacity, "stream opened");
-        stats::stream_opened(config.stats.as_ref());
+        // A HEAD request gets the stream's headers and no body: no stream
+        // starts, so nothing is counted, called or called back.
+        let head = ctx.method() == Method::HEAD;
+        let (policy, capacity) = if head {
+            (Policy::Wait, 1)
+        } else {
+            config.buffer.resolve()
+        };
+        let queue = Arc::new(Queue::new(policy, capacity));
+        let span = if head {
+            tracing::Span::none()
+        } else {
+            tracing::debug_span!("sse_stream", uri = %ctx.uri())
+        };
+        if !head {
+            tracing::debug!(parent: &span, ?policy, capacity, "stream opened");
+            stats::stream_opened(config.stats.as_ref());
+        }
         let state = State {
-            producer: Producer::Waiting(EventSender::new(shared.clone())),
-            shared,
+            producer: Producer::Waiting(EventSender::new(queue.clone())),
+            queue,
             ctx: Some(ctx),
             shutdown: config
                 .shutdown
                 .as_ref()
                 .map(|token| Box::pin(token.clone().cancelled_owned())),
+            stall: config
+                .stall_timeout
+                .map(|timeout| Box::new(StallWatch::new(timeout))),
             config,
             span: (!span.is_disabled()).then(|| Box::new(span)),
             events: 0,
             bytes: 0,
-            phase: Phase::Streaming,
+            phase: if head {
+                Phase::Finished
+            } else {
+                Phase::Streaming
+            },
         };
         Self { state, timer: None }
     }
@@ -192,10 +244,6 @@ impl EventStream {
 impl State {
     fn span(&self) -> &tracing::Span {
         self.span.as_deref().unwrap_or(&NO_SPAN)
-    }
-
-    fn heartbeat(&self) -> Option<Duration> {
-        Some(self.config.heartbeat).filter(|delay| !delay.is_zero())
     }
 
     /// Calls the ready function and arms the heartbeat, inside the runtime
@@ -224,17 +272,17 @@ impl State {
             Ok(ready) => ready,
             Err(_) => {
                 tracing::error!(parent: self.span(), "the ready function panicked");
-                self.shared.mark_panicked();
+                self.queue.mark_panicked();
                 return;
             }
         };
-        self.producer = if self.shared.policy() == Policy::Wait {
+        self.producer = if self.queue.policy() == Policy::Wait && !self.config.spawn_ready {
             Producer::Polled(Mutex::new(ready))
         } else {
             let task = runtime.spawn(ready.instrument(self.span().clone()));
             Producer::Spawned(task.abort_handle())
         };
-        if let Some(delay) = self.heartbeat() {
+        if let Some(delay) = self.config.heartbeat().or(self.config.stall_timeout) {
             timer.set(Some(tokio::time::sleep(delay)));
         }
     }
@@ -243,7 +291,7 @@ impl State {
     /// poll; `true` if it was polled.
     fn poll_producer(&mut self) -> bool {
         // Cleared whatever the producer: a stale wake-up must not spin the body.
-        if !self.shared.take_producer_wake() {
+        if !self.queue.take_producer_wake() {
             return false;
         }
         let Producer::Polled(ready) = &mut self.producer else {
@@ -251,7 +299,7 @@ impl State {
         };
         let ready = ready.get_mut().unwrap_or_else(PoisonError::into_inner);
         // The queue is the producer's waker: a wake-up flags it and wakes the body.
-        let waker = Waker::from(self.shared.clone());
+        let waker = Waker::from(self.queue.clone());
         let mut cx = Context::from_waker(&waker);
         let span = self.span.as_deref().unwrap_or(&NO_SPAN);
         let polled = {
@@ -264,7 +312,7 @@ impl State {
             Ok(Poll::Ready(())) => {}
             Err(_) => {
                 tracing::error!(parent: self.span(), "the ready function panicked");
-                self.shared.mark_panicked();
+                self.queue.mark_panicked();
             }
         }
         self.stop_producer();
@@ -291,7 +339,7 @@ impl State {
         timer: Pin<&mut Option<Sleep>>,
         cx: &mut Context<'_>,
     ) -> Option<Bytes> {
-        let delay = self.heartbeat()?;
+        let delay = self.config.heartbeat()?;
         let mut timer = timer.as_pin_mut()?;
         if timer.as_mut().poll(cx).is_pending() {
             return None;
@@ -306,10 +354,10 @@ impl State {
         let mut frame = FrameBuilder::default();
         for _ in 0..MAX_REFILLS {
             let polled = self.poll_producer();
-            match self.shared.poll_recv(cx, HEARTBEAT, &mut frame) {
+            match self.queue.poll_recv(cx, HEARTBEAT, &mut frame) {
                 Poll::Ready(Ok(taken)) => {
                     self.events += taken as u64;
-                    if frame.is_full() || !self.shared.producer_woken() {
+                    if frame.is_full() || !self.queue.producer_woken() {
                         break;
                     }
                     if taken == 0 && polled {
@@ -335,13 +383,14 @@ impl State {
             return;
         }
         self.phase = Phase::Finished;
-        self.shared.close_receiver();
+        self.queue.close_receiver();
         self.stop_producer();
         self.shutdown = None;
         let totals = StreamTotals {
             events: self.events,
             bytes: self.bytes,
-            dropped: self.shared.dropped(),
+            dropped: self.queue.dropped(),
+            stalled: reason == DisconnectReason::Stalled,
         };
         stats::stream_closed(self.config.stats.as_ref(), totals);
         tracing::debug!(
@@ -364,12 +413,12 @@ impl State {
 
 impl Body for EventStream {
     type Data = Bytes;
-    type Error = Infallible;
+    type Error = StreamError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, StreamError>>> {
         let mut this = self.project();
         let state = &mut *this.state;
         if state.phase == Phase::Finished {
@@ -381,8 +430,39 @@ impl Body for EventStream {
                 // Accept nothing more; what is queued still goes out, then the shutdown event.
                 state.shutdown = None;
                 state.phase = Phase::ShuttingDown { event_sent: false };
-                state.shared.close();
+                state.queue.close();
                 tracing::debug!(parent: state.span(), "server shutting down: ending the stream");
+            }
+        }
+        if let Some(stall) = &mut state.stall {
+            match stall.poll_out(cx) {
+                Out::Clear(None) => {}
+                Out::Clear(Some(handed_at)) => {
+                    // Written: the heartbeat counts its silence from the hand-over.
+                    if let (Some(timer), Some(delay)) =
+                        (this.timer.as_mut().as_pin_mut(), state.config.heartbeat())
+                    {
+                        timer.reset(handed_at + delay);
+                    }
+                }
+                Out::Waiting(deadline) => {
+                    // Nothing more until it is written: hyper's buffer never
+                    // fills, so it polls again at the release or the deadline.
+                    if let Some(mut timer) = this.timer.as_mut().as_pin_mut() {
+                        timer.as_mut().reset(deadline);
+                        if timer.poll(cx).is_ready() {
+                            cx.waker().wake_by_ref();
+                        }
+                    }
+                    return Poll::Pending;
+                }
+                Out::Stalled => {
+                    let timeout = stall.timeout();
+                    tracing::debug!(parent: state.span(), ?timeout, "client stalled: ending the stream");
+                    state.finish(DisconnectReason::Stalled);
+                    this.timer.set(None);
+                    return Poll::Ready(Some(Err(StreamError::Stalled(timeout))));
+                }
             }
         }
         let bytes = match state.poll_events(cx) {
@@ -403,18 +483,19 @@ impl Body for EventStream {
                 }
             },
             Poll::Pending => match state.poll_heartbeat(this.timer.as_mut(), cx) {
-                Some(heartbeat) => {
-                    state.bytes += heartbeat.len() as u64;
-                    return Poll::Ready(Some(Ok(Frame::data(heartbeat))));
-                }
+                Some(heartbeat) => heartbeat,
                 None => return Poll::Pending,
             },
         };
-        if let (Some(timer), Some(delay)) = (this.timer.as_pin_mut(), state.heartbeat()) {
+        if let (Some(timer), Some(delay)) = (this.timer.as_pin_mut(), state.config.heartbeat()) {
             // A later deadline only updates the timer entry (no re-registration).
             timer.reset(Instant::now() + delay);
         }
         state.bytes += bytes.len() as u64;
+        let bytes = match &mut state.stall {
+            Some(stall) => stall.hand_over(bytes),
+            None => bytes,
+        };
         Poll::Ready(Some(Ok(Frame::data(bytes))))
     }
 

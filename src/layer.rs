@@ -200,6 +200,70 @@ impl SseLayer {
         self
     }
 
+    /// Runs each stream's ready function as a task of its own
+    /// (`tokio::spawn`) feeding the bounded buffer, as Pedestal's
+    /// `go` block does, instead of polling it from the response body.
+    ///
+    /// Dropping and sliding buffers always run it so. With a fixed buffer
+    /// the body polls it by default, which is faster (no task, full frames;
+    /// BENCHMARKS.md has the figures) but ties it to the connection: it runs
+    /// only while the connection asks for data, and while it runs (CPU work
+    /// between two `.await`s) the body writes nothing, heartbeats included.
+    /// Spawned, it goes on while the client is slow (until the buffer is
+    /// full), and heartbeats never wait for it. Everything else is the same:
+    /// it is aborted when the stream ends, and a panic in it ends the stream
+    /// with [`DisconnectReason::Panicked`].
+    ///
+    /// ```
+    /// use tower_sse::{EventSender, SseLayer, StreamContext};
+    ///
+    /// let layer = SseLayer::new(|events: EventSender, _ctx: StreamContext| async move {
+    ///     let report = tokio::task::block_in_place(|| "a long computation".to_owned());
+    ///     let _ = events.send(report).await;
+    /// })
+    /// .spawn_ready();
+    /// # let _ = layer;
+    /// ```
+    pub fn spawn_ready(mut self) -> Self {
+        Arc::make_mut(&mut self.config).spawn_ready = true;
+        self
+    }
+
+    /// Ends a stream whose client stays connected but stops reading: when a
+    /// frame handed to the connection is not written for `timeout`, the
+    /// body fails with [`StreamError::Stalled`](crate::StreamError), hyper
+    /// closes the connection (HTTP/1) or resets the stream (HTTP/2), and the
+    /// disconnect callback gets [`DisconnectReason::Stalled`]. An
+    /// `EventSource` then reconnects (and, with a [`Hub`](crate::Hub),
+    /// resumes from history). Off by default; `Duration::ZERO` turns it off.
+    ///
+    /// With a stall timeout the body hands the connection one frame at a
+    /// time, each frame tracked until hyper has written it (a wake-up per
+    /// frame), so that hyper never stops polling the body; frames still
+    /// gather up to 64 KiB. "Written" means accepted by the socket: a client
+    /// that stops reading is noticed once the kernel's buffers are full
+    /// (a few hundred KiB to a few MiB), then within `timeout`. A graceful
+    /// shutdown no longer waits for such a client: its stream ends within
+    /// `timeout` of the signal. It cannot see an HTTP/2 stream whose own
+    /// flow-control window the client keeps shut while the connection is
+    /// otherwise read: hyper then holds a frame without polling the body.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_sse::SseLayer;
+    ///
+    /// let layer = SseLayer::new(|events: tower_sse::EventSender, _ctx| async move {
+    ///     let _ = events.send("hi").await;
+    /// })
+    /// .heartbeat(Duration::from_secs(15))
+    /// .stall_timeout(Duration::from_secs(30));
+    /// # let _ = layer;
+    /// ```
+    pub fn stall_timeout(mut self, timeout: Duration) -> Self {
+        Arc::make_mut(&mut self.config).stall_timeout = Some(timeout).filter(|d| !d.is_zero());
+        self
+    }
+
     /// The counters of this layer's streams (shared by its clones).
     pub fn stats(&self) -> SseStats {
         self.config.stats.clone().unwrap_or_default()
@@ -346,21 +410,25 @@ impl<B: fmt::Debug> fmt::Debug for ResponseBody<B> {
     }
 }
 
-impl<B: Body<Data = Bytes>> Body for ResponseBody<B> {
+/// The error of a [`ResponseBody`]: the handler body's own error, or a
+/// [`StreamError`](crate::StreamError), boxed (as tower-http's bodies do).
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+impl<B> Body for ResponseBody<B>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
     type Data = Bytes;
-    type Error = B::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.project().kind.project() {
-            KindProj::Passthrough { body } => body.poll_frame(cx),
-            KindProj::Stream { stream } => match ready!(stream.poll_frame(cx)) {
-                Some(Ok(frame)) => Poll::Ready(Some(Ok(frame))),
-                Some(Err(never)) => match never {},
-                None => Poll::Ready(None),
-            },
+            KindProj::Passthrough { body } => body.poll_frame(cx).map_err(Into::into),
+            KindProj::Stream { stream } => stream.poll_frame(cx).map_err(Into::into),
         }
     }
 

@@ -73,16 +73,19 @@
 
 mod body;
 mod buffer;
-mod channel;
 mod context;
 mod event;
+mod frame;
 mod hub;
 mod layer;
+mod queue;
 mod sender;
+mod stall;
 mod stats;
 mod stream;
+mod sync;
 
-pub use body::{DisconnectReason, EventStream};
+pub use body::{DisconnectReason, EventStream, StreamError};
 pub use buffer::Buffer;
 pub use context::{LAST_EVENT_ID, LastEventId, StreamContext};
 pub use event::{
@@ -92,7 +95,7 @@ pub use event::{
 pub use hub::{Hub, HubBuilder, LAGGED_EVENT, LagPolicy, PublishError, RESET_EVENT};
 #[allow(deprecated)]
 pub use layer::{
-    ResponseBody, ResponseFuture, SseLayer, SseService, end_event_stream, sse_setup,
+    BoxError, ResponseBody, ResponseFuture, SseLayer, SseService, end_event_stream, sse_setup,
     start_event_stream,
 };
 pub use sender::{EventSender, SendError, TrySendError, do_heartbeat, send_event};

@@ -3,8 +3,8 @@
 use std::{fmt, sync::Arc};
 
 use crate::{
-    channel::{Rejected, Shared},
     event::{Event, EventError},
+    queue::{Queue, Rejected},
 };
 
 /// Sends events to one client's stream; the Rust form of Pedestal's event channel.
@@ -17,12 +17,12 @@ use crate::{
 /// Events are encoded (and checked) by the sender, so a bad event is an
 /// [`SendError::Invalid`] at the call site and never reaches the wire.
 pub struct EventSender {
-    shared: Arc<Shared>,
+    queue: Arc<Queue>,
 }
 
 impl EventSender {
-    pub(crate) fn new(shared: Arc<Shared>) -> Self {
-        Self { shared }
+    pub(crate) fn new(queue: Arc<Queue>) -> Self {
+        Self { queue }
     }
 
     /// Sends an event, waiting for room in a fixed buffer (core.async's `>!!`).
@@ -53,7 +53,7 @@ impl EventSender {
     pub async fn send(&self, event: impl Into<Event>) -> Result<(), SendError> {
         let bytes = event.into().encode().map_err(SendError::Invalid)?;
         let len = bytes.len();
-        self.shared
+        self.queue
             .push(bytes)
             .await
             .map_err(|_| SendError::Closed)?;
@@ -64,7 +64,7 @@ impl EventSender {
     /// Queues bytes already encoded (by the hub, which encodes each event once
     /// for every subscriber), waiting for room like [`send`](Self::send).
     pub(crate) async fn send_encoded(&self, bytes: bytes::Bytes) -> Result<(), SendError> {
-        self.shared.push(bytes).await.map_err(|_| SendError::Closed)
+        self.queue.push(bytes).await.map_err(|_| SendError::Closed)
     }
 
     /// Sends an event if there is room now, never waiting (core.async's `put!`).
@@ -94,7 +94,7 @@ impl EventSender {
         let event = event.into();
         let bytes = event.encode().map_err(TrySendError::Invalid)?;
         let len = bytes.len();
-        match self.shared.try_push(bytes) {
+        match self.queue.try_push(bytes) {
             Ok(()) => {
                 tracing::trace!(bytes = len, "event queued");
                 Ok(())
@@ -135,7 +135,7 @@ impl EventSender {
     /// Stops the stream for every sender: queued events are still delivered,
     /// then the response body ends cleanly. Further sends return `Closed`.
     pub fn close(&self) {
-        self.shared.close();
+        self.queue.close();
     }
 
     /// Waits until the stream accepts no more events: the client went away,
@@ -150,47 +150,47 @@ impl EventSender {
     /// # }
     /// ```
     pub async fn closed(&self) {
-        self.shared.wait_closed().await;
+        self.queue.closed().await;
     }
 
     /// Whether the stream accepts no more events.
     pub fn is_closed(&self) -> bool {
-        self.shared.is_closed()
+        self.queue.is_closed()
     }
 
     /// How many events the buffer policy has dropped on this stream so far.
     pub fn dropped(&self) -> u64 {
-        self.shared.dropped()
+        self.queue.dropped()
     }
 
     /// How many events are queued and not yet handed to the connection.
     pub fn queued_events(&self) -> usize {
-        self.shared.queued().0
+        self.queue.queued().0
     }
 
     /// How many encoded bytes are queued and not yet handed to the connection.
     pub fn queued_bytes(&self) -> usize {
-        self.shared.queued().1
+        self.queue.queued().1
     }
 
     /// The buffer's capacity in events.
     pub fn capacity(&self) -> usize {
-        self.shared.capacity()
+        self.queue.capacity()
     }
 }
 
 impl Clone for EventSender {
     fn clone(&self) -> Self {
-        self.shared.add_sender();
+        self.queue.add_sender();
         Self {
-            shared: self.shared.clone(),
+            queue: self.queue.clone(),
         }
     }
 }
 
 impl Drop for EventSender {
     fn drop(&mut self) {
-        self.shared.remove_sender();
+        self.queue.remove_sender();
     }
 }
 
@@ -250,7 +250,7 @@ pub async fn send_event(
 /// ```
 pub fn do_heartbeat(sender: &EventSender) -> Result<(), SendError> {
     sender
-        .shared
+        .queue
         .request_heartbeat()
         .map_err(|_| SendError::Closed)
 }

@@ -36,6 +36,7 @@ struct Counters {
     events: AtomicU64,
     bytes: AtomicU64,
     dropped: AtomicU64,
+    stalled: AtomicU64,
 }
 
 /// What one finished stream adds to the totals.
@@ -44,6 +45,8 @@ pub(crate) struct StreamTotals {
     pub(crate) events: u64,
     pub(crate) bytes: u64,
     pub(crate) dropped: u64,
+    /// It ended with [`DisconnectReason::Stalled`](crate::DisconnectReason::Stalled).
+    pub(crate) stalled: bool,
 }
 
 impl SseStats {
@@ -76,6 +79,12 @@ impl SseStats {
     pub fn events_dropped(&self) -> u64 {
         self.counters.dropped.load(Relaxed)
     }
+
+    /// Streams ended because their client stopped reading (see
+    /// [`SseLayer::stall_timeout`](crate::SseLayer::stall_timeout)).
+    pub fn streams_stalled(&self) -> u64 {
+        self.counters.stalled.load(Relaxed)
+    }
 }
 
 pub(crate) fn stream_opened(stats: Option<&SseStats>) {
@@ -93,6 +102,9 @@ pub(crate) fn stream_closed(stats: Option<&SseStats>, totals: StreamTotals) {
         counters.events.fetch_add(totals.events, Relaxed);
         counters.bytes.fetch_add(totals.bytes, Relaxed);
         counters.dropped.fetch_add(totals.dropped, Relaxed);
+        counters
+            .stalled
+            .fetch_add(u64::from(totals.stalled), Relaxed);
         counters.closed.fetch_add(1, Relaxed);
         counters.active.fetch_sub(1, Relaxed);
     }

@@ -35,6 +35,9 @@ pub(crate) struct StreamConfig {
     pub(crate) shutdown: Option<CancellationToken>,
     pub(crate) shutdown_event: Option<Bytes>,
     pub(crate) stats: Option<SseStats>,
+    /// Run the ready function as a task of its own, whatever the buffer.
+    pub(crate) spawn_ready: bool,
+    pub(crate) stall_timeout: Option<Duration>,
 }
 
 impl StreamConfig {
@@ -51,7 +54,14 @@ impl StreamConfig {
             shutdown: None,
             shutdown_event: None,
             stats: None,
+            spawn_ready: false,
+            stall_timeout: None,
         }
+    }
+
+    /// The heartbeat delay, unless heartbeats are off.
+    pub(crate) fn heartbeat(&self) -> Option<Duration> {
+        Some(self.heartbeat).filter(|delay| !delay.is_zero())
     }
 
     pub(crate) fn set_shutdown_event(&mut self, event: Event) {
@@ -68,6 +78,8 @@ impl fmt::Debug for StreamConfig {
             .field("heartbeat", &self.heartbeat)
             .field("buffer", &self.buffer)
             .field("on_disconnect", &self.on_disconnect.is_some())
+            .field("spawn_ready", &self.spawn_ready)
+            .field("stall_timeout", &self.stall_timeout)
             .finish_non_exhaustive()
     }
 }
@@ -167,6 +179,20 @@ impl SseResponse {
     /// [`SseLayer::shutdown_event`](crate::SseLayer::shutdown_event) does.
     pub fn shutdown_event(mut self, event: Event) -> Self {
         self.config.set_shutdown_event(event);
+        self
+    }
+
+    /// Runs the ready function as a task of its own, as
+    /// [`SseLayer::spawn_ready`](crate::SseLayer::spawn_ready) does.
+    pub fn spawn_ready(mut self) -> Self {
+        self.config.spawn_ready = true;
+        self
+    }
+
+    /// Ends the stream when the client stops reading, as
+    /// [`SseLayer::stall_timeout`](crate::SseLayer::stall_timeout) does.
+    pub fn stall_timeout(mut self, timeout: Duration) -> Self {
+        self.config.stall_timeout = Some(timeout).filter(|d| !d.is_zero());
         self
     }
 

@@ -1,0 +1,873 @@
+//! The bounded queue between a stream's senders and its body.
+//!
+//! Events are encoded by the sender and queued as `Bytes`. The body takes
+//! every event already queued at each poll and writes them as one frame (with
+//! a body-polled ready function, also what it queues meanwhile), so a busy
+//! stream makes few, full writes; it never waits for more to arrive.
+//!
+//! Everything is one `Mutex<State>`: the events, the free room of a fixed
+//! buffer and the senders waiting for it (first come, first served), the
+//! body's waker and the `closed()` waiters. No other primitive is involved,
+//! so the whole protocol can be model-checked (`loom`, see `tests` below and
+//! `sync.rs`). No user-reachable code runs under the lock: wakers are cloned
+//! before it is taken and woken or dropped after it is released, events that
+//! leave the queue are dropped after it, and `tracing` is called outside it.
+
+use std::{
+    cell::Cell,
+    collections::VecDeque,
+    future::Future,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll, Wake, Waker, ready},
+};
+
+use bytes::Bytes;
+
+use crate::{
+    buffer::Policy,
+    frame::FrameBuilder,
+    sync::{AtomicBool, Mutex, MutexGuard, Ordering},
+};
+
+/// One stream's queue, shared by its senders and its body.
+pub(crate) struct Queue {
+    state: Mutex<State>,
+    /// The producer that the body polls itself (see `body.rs`) was woken:
+    /// set by this queue's [`Wake`] impl, which is that producer's waker.
+    producer_woken: AtomicBool,
+    policy: Policy,
+    capacity: usize,
+}
+
+struct State {
+    events: VecDeque<Bytes>,
+    queued_bytes: usize,
+    receiver: Option<Waker>,
+    /// Live `EventSender`s.
+    senders: usize,
+    /// No more events are accepted (`close()` was called, a sender panicked,
+    /// or the body is gone).
+    closed: bool,
+    heartbeat_requested: bool,
+    dropped: u64,
+    /// A task holding a sender panicked.
+    panicked: bool,
+    /// Sends waiting for room in a fixed buffer, in arrival order. The first
+    /// `granted` of them were each given a slot and have yet to fill it.
+    waiting: VecDeque<Waiter>,
+    granted: usize,
+    /// `EventSender::closed()` calls waiting for the end.
+    closing: Vec<Waiter>,
+    next_id: u64,
+}
+
+struct Waiter {
+    id: u64,
+    /// Taken when the waiter is woken (granted a slot, or the queue closed).
+    waker: Option<Waker>,
+}
+
+/// Why an event was not queued.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Rejected {
+    Full,
+    Closed,
+}
+
+/// How the queue ended, once it is empty and will stay empty.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Ended {
+    Completed,
+    Panicked,
+}
+
+/// What an accepted event displaced, to be dealt with after the lock.
+#[derive(Default)]
+struct Enqueued {
+    receiver: Option<Waker>,
+    /// The event a dropping policy discarded (the new one or the oldest).
+    discarded: Option<Bytes>,
+    /// The drop count after a discard, for `tracing`.
+    dropped: Option<(u64, Policy)>,
+}
+
+impl Enqueued {
+    /// Runs, after the lock, what the enqueue left to do.
+    fn finish(self) {
+        drop(self.discarded);
+        if let Some((dropped, policy)) = self.dropped {
+            if policy == Policy::DropNewest {
+                tracing::debug!(dropped, "buffer full: dropped the newest event");
+            } else {
+                tracing::debug!(dropped, "buffer full: dropped the oldest event");
+            }
+        }
+        if let Some(waker) = self.receiver {
+            waker.wake();
+        }
+    }
+}
+
+/// Wakers collected under the lock, woken after it (a few inline: most
+/// drains grant room to one waiting sender at most).
+#[derive(Default)]
+struct WakeList {
+    wakers: [Option<Waker>; 4],
+    len: usize,
+}
+
+impl WakeList {
+    fn is_full(&self) -> bool {
+        self.len == self.wakers.len()
+    }
+
+    fn push(&mut self, waker: Option<Waker>) {
+        if let Some(waker) = waker {
+            self.wakers[self.len] = Some(waker);
+            self.len += 1;
+        }
+    }
+
+    fn wake_all(&mut self) {
+        for waker in &mut self.wakers[..self.len] {
+            if let Some(waker) = waker.take() {
+                waker.wake();
+            }
+        }
+        self.len = 0;
+    }
+}
+
+impl State {
+    /// Whether a send arriving now (not waiting already) may take a slot:
+    /// there is one, and nobody waiting was there first.
+    fn admits_newcomer(&self, capacity: usize) -> bool {
+        self.waiting.len() == self.granted && self.events.len() + self.granted < capacity
+    }
+
+    /// Queues `bytes`, applying a dropping policy when full.
+    fn enqueue(&mut self, bytes: Bytes, policy: Policy, capacity: usize) -> Enqueued {
+        let mut enqueued = Enqueued::default();
+        if self.events.len() >= capacity {
+            // Only the dropping policies get here: `Wait` admits a send only
+            // with a slot for it.
+            self.dropped += 1;
+            enqueued.dropped = Some((self.dropped, policy));
+            if policy == Policy::DropNewest {
+                enqueued.discarded = Some(bytes);
+                return enqueued;
+            }
+            enqueued.discarded = self.events.pop_front();
+            if let Some(oldest) = &enqueued.discarded {
+                self.queued_bytes -= oldest.len();
+            }
+        }
+        self.queued_bytes += bytes.len();
+        self.events.push_back(bytes);
+        enqueued.receiver = self.receiver.take();
+        enqueued
+    }
+
+    /// Gives free slots to waiting sends, in order, as many as `wakes` holds;
+    /// `true` if more could be granted once those are woken.
+    fn grant(&mut self, capacity: usize, wakes: &mut WakeList) -> bool {
+        while self.granted < self.waiting.len() && self.events.len() + self.granted < capacity {
+            if wakes.is_full() {
+                return true;
+            }
+            let waker = self.waiting[self.granted].waker.take();
+            self.granted += 1;
+            wakes.push(waker);
+        }
+        false
+    }
+
+    /// Stops accepting events; returns every waker to wake.
+    fn close(&mut self) -> Vec<Waker> {
+        self.closed = true;
+        let waiting = self.waiting.iter_mut().map(|w| w.waker.take());
+        let closing = self.closing.iter_mut().map(|w| w.waker.take());
+        let receiver = self.receiver.take();
+        waiting.chain(closing).chain([receiver]).flatten().collect()
+    }
+
+    fn next_id(&mut self) -> u64 {
+        self.next_id += 1;
+        self.next_id
+    }
+}
+
+fn wake_all(wakers: Vec<Waker>) {
+    for waker in wakers {
+        waker.wake();
+    }
+}
+
+impl Queue {
+    /// A queue with one sender registered. A fixed buffer may be as large as
+    /// memory allows: its room is a count, not a semaphore's permits.
+    pub(crate) fn new(policy: Policy, capacity: usize) -> Self {
+        Self {
+            state: Mutex::new(State {
+                // Allocated at the first event: an idle stream never needs it.
+                events: VecDeque::new(),
+                queued_bytes: 0,
+                receiver: None,
+                senders: 1,
+                closed: false,
+                heartbeat_requested: false,
+                dropped: 0,
+                panicked: false,
+                waiting: VecDeque::new(),
+                granted: 0,
+                closing: Vec::new(),
+                next_id: 0,
+            }),
+            // Set: a body-polled producer is polled first at the first poll.
+            producer_woken: AtomicBool::new(true),
+            policy,
+            capacity: capacity.max(1),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // Nothing that can panic runs under the lock; recover rather than propagate.
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Queues `bytes`, waiting for room under [`Policy::Wait`] (first come,
+    /// first served); see [`Push`].
+    pub(crate) fn push(&self, bytes: Bytes) -> Push<'_> {
+        Push {
+            queue: self,
+            bytes: Some(bytes),
+            waiter: None,
+        }
+    }
+
+    /// Queues `bytes` if there is room now (never ahead of a waiting send).
+    pub(crate) fn try_push(&self, bytes: Bytes) -> Result<(), Rejected> {
+        let mut state = self.lock();
+        if state.closed {
+            return Err(Rejected::Closed);
+        }
+        if self.policy == Policy::Wait && !state.admits_newcomer(self.capacity) {
+            return Err(Rejected::Full);
+        }
+        let enqueued = state.enqueue(bytes, self.policy, self.capacity);
+        drop(state);
+        enqueued.finish();
+        Ok(())
+    }
+
+    /// Asks the body for one heartbeat comment at its next poll.
+    pub(crate) fn request_heartbeat(&self) -> Result<(), Rejected> {
+        let mut state = self.lock();
+        if state.closed {
+            return Err(Rejected::Closed);
+        }
+        state.heartbeat_requested = true;
+        let waker = state.receiver.take();
+        drop(state);
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+        Ok(())
+    }
+
+    /// Moves queued events into `frame`, as many as it takes (see
+    /// [`FrameBuilder`]), and returns how many it took.
+    ///
+    /// With nothing to give, it is `Ready(Err(_))` when no event can come any
+    /// more, `Ready(Ok(0))` when the producer polled by the body was woken
+    /// (poll it, then call again), and otherwise `Pending`, with `cx` woken at
+    /// the next event. A frame that is not empty clears the body's waker: the
+    /// connection polls again once it has written the frame.
+    pub(crate) fn poll_recv(
+        &self,
+        cx: &mut Context<'_>,
+        heartbeat: &'static [u8],
+        frame: &mut FrameBuilder,
+    ) -> Poll<Result<usize, Ended>> {
+        // A clone of `cx`'s waker, made outside the lock when it must be stored.
+        let mut waker = None;
+        loop {
+            let mut state = self.lock();
+            // At the start of a frame only: one heartbeat per frame however
+            // many requests, and never past the size cap.
+            if state.heartbeat_requested && frame.is_empty() {
+                state.heartbeat_requested = false;
+                frame.push(Bytes::from_static(heartbeat), 0);
+            }
+            let mut taken = 0;
+            while let Some(next) = state.events.front() {
+                if !frame.takes(next.len()) {
+                    break;
+                }
+                let Some(bytes) = state.events.pop_front() else {
+                    break;
+                };
+                state.queued_bytes -= bytes.len();
+                taken += 1;
+                frame.push(bytes, state.queued_bytes);
+            }
+            if !frame.is_empty() {
+                let old = state.receiver.take();
+                let mut wakes = WakeList::default();
+                let mut more = taken > 0 && state.grant(self.capacity, &mut wakes);
+                drop(state);
+                drop(old);
+                wakes.wake_all();
+                while more {
+                    more = self.lock().grant(self.capacity, &mut wakes);
+                    wakes.wake_all();
+                }
+                return Poll::Ready(Ok(taken));
+            }
+            if state.closed || state.senders == 0 {
+                return Poll::Ready(Err(if state.panicked {
+                    Ended::Panicked
+                } else {
+                    Ended::Completed
+                }));
+            }
+            // Checked under the lock that `wake` takes, so a wake-up is never lost.
+            if self.producer_woken() {
+                return Poll::Ready(Ok(0));
+            }
+            if state
+                .receiver
+                .as_ref()
+                .is_some_and(|stored| stored.will_wake(cx.waker()))
+            {
+                return Poll::Pending;
+            }
+            match waker.take() {
+                Some(waker) => {
+                    let old = state.receiver.replace(waker);
+                    drop(state);
+                    drop(old);
+                    return Poll::Pending;
+                }
+                None => {
+                    drop(state);
+                    waker = Some(cx.waker().clone());
+                }
+            }
+        }
+    }
+
+    /// Whether the producer that the body polls was woken since the last
+    /// call; clears the flag.
+    pub(crate) fn take_producer_wake(&self) -> bool {
+        self.producer_woken.swap(false, Ordering::AcqRel)
+    }
+
+    /// Whether the producer that the body polls was woken and not polled yet.
+    pub(crate) fn producer_woken(&self) -> bool {
+        self.producer_woken.load(Ordering::Acquire)
+    }
+
+    /// A producer panicked (its senders are dropped after the unwinding was
+    /// caught, so `remove_sender` cannot tell): accept nothing more, from
+    /// any sender, and end with [`Ended::Panicked`] once the queue is empty.
+    pub(crate) fn mark_panicked(&self) {
+        let wakers = {
+            let mut state = self.lock();
+            state.panicked = true;
+            state.close()
+        };
+        wake_all(wakers);
+    }
+
+    pub(crate) fn policy(&self) -> Policy {
+        self.policy
+    }
+
+    pub(crate) fn add_sender(&self) {
+        self.lock().senders += 1;
+    }
+
+    /// A sender was dropped. One dropped while its thread unwinds from a
+    /// panic ends the stream for every sender: what it was doing is broken.
+    pub(crate) fn remove_sender(&self) {
+        let panicking = std::thread::panicking();
+        let wakers = {
+            let mut state = self.lock();
+            state.senders -= 1;
+            if panicking {
+                state.panicked = true;
+                state.close()
+            } else if state.senders == 0 {
+                state.receiver.take().into_iter().collect()
+            } else {
+                Vec::new()
+            }
+        };
+        wake_all(wakers);
+    }
+
+    /// Stops accepting events; the queued ones are still delivered.
+    pub(crate) fn close(&self) {
+        let wakers = self.lock().close();
+        wake_all(wakers);
+    }
+
+    /// The body is gone: discard the queue and fail every sender from now on.
+    pub(crate) fn close_receiver(&self) {
+        let (discarded, wakers) = {
+            let mut state = self.lock();
+            state.queued_bytes = 0;
+            (std::mem::take(&mut state.events), state.close())
+        };
+        drop(discarded);
+        wake_all(wakers);
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.lock().closed
+    }
+
+    /// Resolves once no more events are accepted.
+    pub(crate) fn closed(&self) -> WaitClosed<'_> {
+        WaitClosed {
+            queue: self,
+            id: None,
+        }
+    }
+
+    pub(crate) fn dropped(&self) -> u64 {
+        self.lock().dropped
+    }
+
+    pub(crate) fn queued(&self) -> (usize, usize) {
+        let state = self.lock();
+        (state.events.len(), state.queued_bytes)
+    }
+
+    pub(crate) fn capacity(&self) -> usize {
+        self.capacity
+    }
+}
+
+/// The future of [`Queue::push`].
+///
+/// Spends tokio's cooperative budget as tokio's own channels do, so that a
+/// task sending in a loop yields now and then even when every send finds
+/// room (with a dropping or sliding buffer, always). Inside a body's poll of
+/// its own producer (see [`ProducerPoll`]) room is taken without it: that
+/// producer then fills whole frames, and the body bounds the poll itself.
+///
+/// Cancel safe: dropped before it completes, it queued nothing, and a slot
+/// it had been granted passes to the next waiting send.
+pub(crate) struct Push<'a> {
+    queue: &'a Queue,
+    bytes: Option<Bytes>,
+    /// Its place among the waiting sends, once it waits.
+    waiter: Option<u64>,
+}
+
+impl Future for Push<'_> {
+    type Output = Result<(), Rejected>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        let coop = if ProducerPoll::active() {
+            None
+        } else {
+            Some(ready!(crate::sync::poll_proceed(cx)))
+        };
+        let queue = this.queue;
+        let mut waker = None;
+        loop {
+            let mut state = queue.lock();
+            if state.closed {
+                let removed = this.leave(&mut state);
+                drop(state);
+                drop(removed);
+                return Poll::Ready(Err(Rejected::Closed));
+            }
+            let admitted = match (queue.policy, this.waiter) {
+                (Policy::Wait, None) => state.admits_newcomer(queue.capacity),
+                (Policy::Wait, Some(id)) => {
+                    let position = state.waiting.iter().position(|w| w.id == id);
+                    match position {
+                        Some(at) if at < state.granted => {
+                            // Its slot: the first `granted` waiters hold one each.
+                            state.waiting.remove(at);
+                            state.granted -= 1;
+                            this.waiter = None;
+                            true
+                        }
+                        _ => false,
+                    }
+                }
+                _ => true,
+            };
+            if admitted {
+                let bytes = this.bytes.take().unwrap_or_default();
+                let enqueued = state.enqueue(bytes, queue.policy, queue.capacity);
+                drop(state);
+                enqueued.finish();
+                if let Some(coop) = coop {
+                    coop.made_progress();
+                }
+                return Poll::Ready(Ok(()));
+            }
+            // Wait for a slot, registered with `cx`'s waker (cloned outside the lock).
+            let slot = this
+                .waiter
+                .and_then(|id| state.waiting.iter_mut().find(|w| w.id == id));
+            if let Some(Waiter {
+                waker: Some(stored),
+                ..
+            }) = &slot
+            {
+                if stored.will_wake(cx.waker()) {
+                    return Poll::Pending;
+                }
+            }
+            let Some(new) = waker.take() else {
+                drop(state);
+                waker = Some(cx.waker().clone());
+                continue;
+            };
+            let old = match slot {
+                Some(slot) => slot.waker.replace(new),
+                None => {
+                    let id = state.next_id();
+                    state.waiting.push_back(Waiter {
+                        id,
+                        waker: Some(new),
+                    });
+                    this.waiter = Some(id);
+                    None
+                }
+            };
+            drop(state);
+            drop(old);
+            return Poll::Pending;
+        }
+    }
+}
+
+impl Push<'_> {
+    /// Leaves the waiting line (under the lock), passing on a granted slot;
+    /// returns what to drop and wake after the lock.
+    fn leave(&mut self, state: &mut State) -> (Option<Waiter>, WakeList) {
+        let mut wakes = WakeList::default();
+        let Some(id) = self.waiter.take() else {
+            return (None, wakes);
+        };
+        let Some(at) = state.waiting.iter().position(|w| w.id == id) else {
+            return (None, wakes);
+        };
+        let removed = state.waiting.remove(at);
+        if at < state.granted {
+            state.granted -= 1;
+            if !state.closed {
+                // One slot freed, so at most one grant: `wakes` has room.
+                state.grant(self.queue.capacity, &mut wakes);
+            }
+        }
+        (removed, wakes)
+    }
+}
+
+impl Drop for Push<'_> {
+    fn drop(&mut self) {
+        if self.waiter.is_none() {
+            return;
+        }
+        let queue = self.queue;
+        let mut state = queue.lock();
+        let (removed, mut wakes) = self.leave(&mut state);
+        drop(state);
+        drop(removed);
+        wakes.wake_all();
+    }
+}
+
+/// The future of [`Queue::closed`].
+pub(crate) struct WaitClosed<'a> {
+    queue: &'a Queue,
+    id: Option<u64>,
+}
+
+impl Future for WaitClosed<'_> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.get_mut();
+        // Cloned outside the lock, in case it must be stored.
+        let waker = cx.waker().clone();
+        let mut state = this.queue.lock();
+        if state.closed {
+            let removed = this.leave(&mut state);
+            drop(state);
+            drop((removed, waker));
+            return Poll::Ready(());
+        }
+        let old = match this.id {
+            Some(id) => state
+                .closing
+                .iter_mut()
+                .find(|w| w.id == id)
+                .and_then(|w| w.waker.replace(waker)),
+            None => {
+                let id = state.next_id();
+                state.closing.push(Waiter {
+                    id,
+                    waker: Some(waker),
+                });
+                this.id = Some(id);
+                None
+            }
+        };
+        drop(state);
+        drop(old);
+        Poll::Pending
+    }
+}
+
+impl WaitClosed<'_> {
+    fn leave(&mut self, state: &mut State) -> Option<Waiter> {
+        let id = self.id.take()?;
+        let at = state.closing.iter().position(|w| w.id == id)?;
+        Some(state.closing.swap_remove(at))
+    }
+}
+
+impl Drop for WaitClosed<'_> {
+    fn drop(&mut self) {
+        if self.id.is_none() {
+            return;
+        }
+        let mut state = self.queue.lock();
+        let removed = self.leave(&mut state);
+        drop(state);
+        drop(removed);
+    }
+}
+
+thread_local! {
+    static PRODUCER_POLL: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Marks this thread as polling a body's own producer, until dropped: the
+/// sends that producer makes meanwhile take free room without spending
+/// tokio's budget (see [`Push`]); sends from anywhere else spend it.
+pub(crate) struct ProducerPoll {
+    outer: bool,
+}
+
+impl ProducerPoll {
+    pub(crate) fn enter() -> Self {
+        Self {
+            outer: PRODUCER_POLL.with(|active| active.replace(true)),
+        }
+    }
+
+    fn active() -> bool {
+        PRODUCER_POLL.with(Cell::get)
+    }
+}
+
+impl Drop for ProducerPoll {
+    fn drop(&mut self) {
+        PRODUCER_POLL.with(|active| active.set(self.outer));
+    }
+}
+
+/// The waker of the producer the body polls: it flags the producer and wakes
+/// the body, which polls it (sharing the queue's allocation, so a stream
+/// needs no task and no waker of its own).
+impl Wake for Queue {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.producer_woken.store(true, Ordering::Release);
+        let waker = self.lock().receiver.take();
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+}
+
+/// Model checks of the queue's synchronisation (`src/sync.rs` says how to run them).
+#[cfg(all(test, tower_sse_loom))]
+mod loom;
+
+#[cfg(all(test, not(tower_sse_loom)))]
+mod tests {
+    use super::*;
+    use crate::frame::{JOIN_LIMIT, MAX_FRAME};
+    use futures::task::noop_waker_ref;
+
+    /// One frame, as the body takes it (the producer flag cleared first).
+    fn poll_frame(queue: &Queue, frame: &mut FrameBuilder) -> Poll<Result<(Bytes, usize), Ended>> {
+        let mut cx = Context::from_waker(noop_waker_ref());
+        queue.take_producer_wake();
+        queue
+            .poll_recv(&mut cx, b": \r\n", frame)
+            .map(|r| r.map(|events| (frame.take(), events)))
+    }
+
+    fn recv(queue: &Queue) -> Poll<Result<Vec<u8>, Ended>> {
+        poll_frame(queue, &mut FrameBuilder::default()).map(|r| r.map(|(bytes, _)| bytes.to_vec()))
+    }
+
+    #[test]
+    fn queued_events_come_out_as_one_frame() {
+        let queue = Queue::new(Policy::Wait, 4);
+        for part in ["a", "b", "c"] {
+            queue.try_push(Bytes::from(part)).unwrap();
+        }
+        assert_eq!(recv(&queue), Poll::Ready(Ok(b"abc".to_vec())));
+        assert!(recv(&queue).is_pending());
+    }
+
+    #[test]
+    fn fixed_buffer_refuses_when_full_and_frees_room_when_drained() {
+        let queue = Queue::new(Policy::Wait, 2);
+        queue.try_push(Bytes::from("a")).unwrap();
+        queue.try_push(Bytes::from("b")).unwrap();
+        assert_eq!(queue.try_push(Bytes::from("c")), Err(Rejected::Full));
+        assert!(recv(&queue).is_ready());
+        queue.try_push(Bytes::from("c")).unwrap();
+    }
+
+    #[test]
+    fn dropping_keeps_the_oldest_and_sliding_keeps_the_newest() {
+        let dropping = Queue::new(Policy::DropNewest, 2);
+        let sliding = Queue::new(Policy::DropOldest, 2);
+        for part in ["a", "b", "c"] {
+            dropping.try_push(Bytes::from(part)).unwrap();
+            sliding.try_push(Bytes::from(part)).unwrap();
+        }
+        assert_eq!(recv(&dropping), Poll::Ready(Ok(b"ab".to_vec())));
+        assert_eq!(recv(&sliding), Poll::Ready(Ok(b"bc".to_vec())));
+        assert_eq!((dropping.dropped(), sliding.dropped()), (1, 1));
+    }
+
+    #[test]
+    fn frames_are_capped_but_never_split_an_event() {
+        let queue = Queue::new(Policy::Wait, 8);
+        let big = Bytes::from(vec![b'x'; MAX_FRAME - 1]);
+        queue.try_push(big.clone()).unwrap();
+        queue.try_push(Bytes::from("yy")).unwrap();
+        assert_eq!(recv(&queue), Poll::Ready(Ok(big.to_vec())));
+        assert_eq!(recv(&queue), Poll::Ready(Ok(b"yy".to_vec())));
+    }
+
+    #[test]
+    fn large_events_are_frames_of_their_own_and_never_copied() {
+        let queue = Queue::new(Policy::Wait, 8);
+        let big = Bytes::from(vec![b'x'; JOIN_LIMIT]);
+        for part in [Bytes::from("a"), Bytes::from("b"), big.clone(), big.clone()] {
+            queue.try_push(part).unwrap();
+        }
+        queue.try_push(Bytes::from("c")).unwrap();
+        queue.request_heartbeat().unwrap();
+        let mut frame = FrameBuilder::default();
+        let mut frames = Vec::new();
+        while let Poll::Ready(Ok(taken)) = poll_frame(&queue, &mut frame) {
+            frames.push(taken);
+        }
+        let sizes: Vec<_> = frames.iter().map(|(b, n)| (b.len(), *n)).collect();
+        assert_eq!(sizes, [(6, 2), (JOIN_LIMIT, 1), (JOIN_LIMIT, 1), (1, 1)]);
+        assert_eq!(&frames[0].0[..], b": \r\nab");
+        // The very allocation the sender made: no copy.
+        assert_eq!(frames[1].0.as_ptr(), big.as_ptr());
+        // Room for every event taken.
+        for _ in 0..8 {
+            queue.try_push(Bytes::from("d")).unwrap();
+        }
+    }
+
+    #[test]
+    fn close_delivers_what_is_queued_then_ends() {
+        let queue = Queue::new(Policy::Wait, 2);
+        queue.try_push(Bytes::from("a")).unwrap();
+        queue.close();
+        assert_eq!(queue.try_push(Bytes::from("b")), Err(Rejected::Closed));
+        assert_eq!(recv(&queue), Poll::Ready(Ok(b"a".to_vec())));
+        assert_eq!(recv(&queue), Poll::Ready(Err(Ended::Completed)));
+    }
+
+    #[test]
+    fn last_sender_gone_ends_the_queue() {
+        let queue = Queue::new(Policy::Wait, 2);
+        queue.add_sender();
+        queue.remove_sender();
+        assert!(recv(&queue).is_pending());
+        queue.remove_sender();
+        assert_eq!(recv(&queue), Poll::Ready(Err(Ended::Completed)));
+    }
+
+    #[test]
+    fn a_frame_gathers_across_refills_up_to_the_cap() {
+        let queue = Queue::new(Policy::Wait, 2);
+        let mut cx = Context::from_waker(noop_waker_ref());
+        let mut frame = FrameBuilder::default();
+        let event = Bytes::from(vec![b'e'; 1000]);
+        let mut taken = 0;
+        // What a body-polled producer does: refill the queue as it drains.
+        while !frame.is_full() {
+            for _ in 0..2 {
+                queue.try_push(event.clone()).unwrap();
+            }
+            match queue.poll_recv(&mut cx, b": \r\n", &mut frame) {
+                Poll::Ready(Ok(n)) => taken += n,
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        let bytes = frame.take();
+        assert_eq!(taken, MAX_FRAME / 1000);
+        assert_eq!(bytes.len(), taken * 1000);
+        // The one that did not fit is still queued, first in the next frame.
+        assert_eq!(queue.queued(), (1, 1000));
+        assert!(frame.is_empty() && !frame.is_full());
+    }
+
+    #[test]
+    fn the_queue_is_the_waker_of_a_body_polled_producer() {
+        let queue = Arc::new(Queue::new(Policy::Wait, 1));
+        let mut frame = FrameBuilder::default();
+        let body = Arc::new(Flag::default());
+        let body_waker = Waker::from(body.clone());
+        let mut cx = Context::from_waker(&body_waker);
+        // Flagged at first, so that the body polls the producer before waiting.
+        assert_eq!(
+            queue.poll_recv(&mut cx, b"", &mut frame),
+            Poll::Ready(Ok(0))
+        );
+        assert!(queue.take_producer_wake());
+        assert_eq!(queue.poll_recv(&mut cx, b"", &mut frame), Poll::Pending);
+        // The producer's waker flags it and wakes the body, once.
+        Waker::from(queue.clone()).wake();
+        assert!(body.0.swap(false, Ordering::SeqCst));
+        assert!(queue.producer_woken());
+        assert_eq!(
+            queue.poll_recv(&mut cx, b"", &mut frame),
+            Poll::Ready(Ok(0))
+        );
+        assert!(queue.take_producer_wake());
+        assert!(!queue.producer_woken());
+        assert!(!body.0.load(Ordering::SeqCst));
+    }
+
+    #[derive(Default)]
+    struct Flag(std::sync::atomic::AtomicBool);
+
+    impl Wake for Flag {
+        fn wake(self: Arc<Self>) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
+}
