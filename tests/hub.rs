@@ -27,7 +27,7 @@ fn app(hub: &Hub, buffer: Buffer) -> Router {
     let layer = SseLayer::new(hub.ready(topics))
         .buffer(buffer)
         .heartbeat(Duration::from_millis(200));
-    Router::new().route("/events", get(|| async {}).layer(layer))
+    Router::new().route("/events", get(|| async {}).layer(common::in_mode(layer)))
 }
 
 async fn open(addr: std::net::SocketAddr, query: &str, last: Option<&str>) -> reqwest::Response {

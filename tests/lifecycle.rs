@@ -34,7 +34,7 @@ fn recorded(layer: SseLayer) -> (SseLayer, Ends) {
 }
 
 fn route(layer: SseLayer) -> Router {
-    Router::new().route("/events", get(|| async {}).layer(layer))
+    Router::new().route("/events", get(|| async {}).layer(common::in_mode(layer)))
 }
 
 /// The body of a stream started in-process, for tests on paused time
@@ -48,9 +48,14 @@ fn body(
 ) -> std::pin::Pin<Box<tower_sse::EventStream>> {
     let request = http::Request::new(());
     Box::pin(
-        start_stream(ready, StreamContext::from_request(&request), heartbeat, 10)
-            .into_http()
-            .into_body(),
+        common::response_in_mode(start_stream(
+            ready,
+            StreamContext::from_request(&request),
+            heartbeat,
+            10,
+        ))
+        .into_http()
+        .into_body(),
     )
 }
 
@@ -416,7 +421,7 @@ async fn non_2xx_responses_pass_through_and_start_no_stream() {
                     "no",
                 )
             })
-            .layer(layer.clone()),
+            .layer(common::in_mode(layer.clone())),
         )
         .route(
             "/gone",
@@ -455,7 +460,8 @@ async fn start_stream_inside_a_handler() {
         if !ctx.headers().contains_key("x-user") {
             return StatusCode::UNAUTHORIZED.into_response();
         }
-        start_stream(ready, ctx, Duration::from_secs(10), 10).into_response()
+        common::response_in_mode(start_stream(ready, ctx, Duration::from_secs(10), 10))
+            .into_response()
     }
     let addr = serve(Router::new().route("/hello", get(handler))).await;
     assert_eq!(fetch(addr, "/hello").await.status(), 401);

@@ -22,7 +22,11 @@ async fn response_headers_with_cors() {
     let app = Router::new()
         .route(
             "/events",
-            get(|| async {}).layer(start_event_stream(ready, Duration::from_secs(10), 10)),
+            get(|| async {}).layer(common::in_mode(start_event_stream(
+                ready,
+                Duration::from_secs(10),
+                10,
+            ))),
         )
         .layer(CorsLayer::permissive());
     let addr = serve(app).await;
@@ -57,7 +61,11 @@ async fn count_stream_sends_named_events_with_ids() {
     };
     let app = Router::new().route(
         "/count",
-        get(|| async {}).layer(start_event_stream(ready, Duration::from_secs(10), 10)),
+        get(|| async {}).layer(common::in_mode(start_event_stream(
+            ready,
+            Duration::from_secs(10),
+            10,
+        ))),
     );
     let addr = serve(app).await;
     let events = all_events(fetch(addr, "/count").await).await;
@@ -85,7 +93,11 @@ async fn ticker_values_arrive_as_message_events() {
     };
     let app = Router::new().route(
         "/ticker",
-        get(|| async {}).layer(start_event_stream(ready, Duration::from_secs(10), 10)),
+        get(|| async {}).layer(common::in_mode(start_event_stream(
+            ready,
+            Duration::from_secs(10),
+            10,
+        ))),
     );
     let addr = serve(app).await;
     let events = all_events(fetch(addr, "/ticker").await).await;
@@ -105,7 +117,11 @@ async fn multi_line_event_keeps_its_lines() {
     };
     let app = Router::new().route(
         "/multi",
-        get(|| async {}).layer(start_event_stream(ready, Duration::from_secs(10), 10)),
+        get(|| async {}).layer(common::in_mode(start_event_stream(
+            ready,
+            Duration::from_secs(10),
+            10,
+        ))),
     );
     let addr = serve(app).await;
     let (_, wire) = raw_get(addr, "/multi").await;
@@ -131,7 +147,11 @@ async fn headers_arrive_before_the_first_event() {
     };
     let app = Router::new().route(
         "/slow",
-        get(|| async {}).layer(start_event_stream(ready, Duration::from_secs(10), 10)),
+        get(|| async {}).layer(common::in_mode(start_event_stream(
+            ready,
+            Duration::from_secs(10),
+            10,
+        ))),
     );
     let addr = serve(app).await;
     // `send` resolves once the head is read: no event exists yet.

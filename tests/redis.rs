@@ -55,7 +55,8 @@ async fn node(url: &str, prefix: &str, history: usize) -> (Hub, SocketAddr) {
         .unwrap();
     let layer = SseLayer::new(hub.ready(|_ctx| vec!["room".to_owned()]))
         .heartbeat(Duration::from_millis(100));
-    let addr = serve(Router::new().route("/events", get(|| async {}).layer(layer))).await;
+    let addr =
+        serve(Router::new().route("/events", get(|| async {}).layer(common::in_mode(layer)))).await;
     (hub, addr)
 }
 

@@ -30,7 +30,7 @@ use tower_sse::{
 };
 
 fn route(layer: SseLayer) -> Router {
-    Router::new().route("/events", get(|| async {}).layer(layer))
+    Router::new().route("/events", get(|| async {}).layer(common::in_mode(layer)))
 }
 
 /// Opens a raw HTTP/1.1 stream and returns the socket once the response head is read.

@@ -136,7 +136,10 @@ async fn spec_edge_cases_arrive_exactly_over_tcp() {
                 .unwrap();
         }
     };
-    let app = Router::new().route("/cases", get(|| async {}).layer(SseLayer::new(ready)));
+    let app = Router::new().route(
+        "/cases",
+        get(|| async {}).layer(common::in_mode(SseLayer::new(ready))),
+    );
     let addr = serve(app).await;
     let events = all_events(fetch(addr, "/cases").await).await;
     assert_eq!(events.len(), cases.len() + 3);

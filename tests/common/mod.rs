@@ -99,3 +99,31 @@ pub async fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+/// Whether this run spawns every ready function: the suite runs twice in CI,
+/// as is (a fixed buffer's ready function is polled by the body) and with
+/// `TOWER_SSE_TEST_READY=spawned`, where every stream built through
+/// [`in_mode`] or [`response_in_mode`] runs its ready function as a task of
+/// its own (`spawn_ready`). Tests of one mode's own behaviour set it
+/// explicitly instead.
+pub fn spawned() -> bool {
+    std::env::var("TOWER_SSE_TEST_READY").is_ok_and(|mode| mode == "spawned")
+}
+
+/// `layer` in the mode under test.
+pub fn in_mode(layer: tower_sse::SseLayer) -> tower_sse::SseLayer {
+    if spawned() {
+        layer.spawn_ready()
+    } else {
+        layer
+    }
+}
+
+/// `response` in the mode under test.
+pub fn response_in_mode(response: tower_sse::SseResponse) -> tower_sse::SseResponse {
+    if spawned() {
+        response.spawn_ready()
+    } else {
+        response
+    }
+}
