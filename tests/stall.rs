@@ -149,7 +149,10 @@ async fn a_stalled_http2_client_is_evicted() {
     })
     .await
     .expect("the stream neither ended nor failed");
-    assert!(outcome, "the stalled stream ended cleanly instead of being reset");
+    assert!(
+        outcome,
+        "the stalled stream ended cleanly instead of being reset"
+    );
 }
 
 #[tokio::test]
@@ -164,8 +167,14 @@ async fn a_reader_that_keeps_up_is_never_evicted() {
         assert!(next_event(&mut events).await.is_some());
         received += 1;
     }
-    println!("a reader that keeps up: {received} events in {:?}", STALL * 4);
-    assert!(ends.lock().unwrap().is_empty(), "evicted a reader that kept up");
+    println!(
+        "a reader that keeps up: {received} events in {:?}",
+        STALL * 4
+    );
+    assert!(
+        ends.lock().unwrap().is_empty(),
+        "evicted a reader that kept up"
+    );
 }
 
 #[tokio::test]
@@ -187,7 +196,10 @@ async fn an_idle_stream_with_a_stall_timeout_keeps_its_heartbeats() {
             .expect("the idle stream ended");
         heartbeats += chunk.windows(3).filter(|w| w == b": \r").count();
     }
-    assert!(heartbeats >= 6, "{heartbeats} heartbeats in 600 ms at 50 ms");
+    assert!(
+        heartbeats >= 6,
+        "{heartbeats} heartbeats in 600 ms at 50 ms"
+    );
 }
 
 /// Without a stall timeout a stalled client holds graceful shutdown open
@@ -223,8 +235,14 @@ async fn graceful_shutdown_does_not_wait_for_a_stalled_client() {
         let returned = tokio::time::timeout(STALL * 5, server).await;
         match stall_timeout {
             None => {
-                assert!(returned.is_err(), "serve returned although a client was stalled");
-                println!("shutdown, no stall timeout: serve still waiting after {:?}", STALL * 5);
+                assert!(
+                    returned.is_err(),
+                    "serve returned although a client was stalled"
+                );
+                println!(
+                    "shutdown, no stall timeout: serve still waiting after {:?}",
+                    STALL * 5
+                );
             }
             Some(_) => {
                 returned
@@ -232,7 +250,9 @@ async fn graceful_shutdown_does_not_wait_for_a_stalled_client() {
                     .unwrap()
                     .unwrap();
                 let took = signalled.elapsed();
-                println!("shutdown, stall timeout {STALL:?}: serve returned {took:?} after the signal");
+                println!(
+                    "shutdown, stall timeout {STALL:?}: serve returned {took:?} after the signal"
+                );
                 assert!(took <= STALL + Duration::from_millis(700));
                 assert_eq!(ends.lock().unwrap()[0].0, DisconnectReason::Stalled);
             }
