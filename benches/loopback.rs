@@ -40,7 +40,11 @@
 //! - `bare`: a body that never yields, without task or channel (the floor for
 //!   the memory of an idle stream);
 //! - `tower-sse-ctx` (idle only, with `--impls`): tower-sse with a ready
-//!   function that keeps its `StreamContext`, so the copy of the request stays.
+//!   function that keeps its `StreamContext`, so the copy of the request stays;
+//! - `tower-sse-spawned` (with `--impls`): tower-sse with `spawn_ready()`, the
+//!   ready function a task of its own feeding the buffer;
+//! - `tower-sse-stall` (with `--impls`): tower-sse with a 60 s
+//!   `stall_timeout`, each frame tracked until written.
 //!
 //! The channel capacity (`--capacity`) is the same for every implementation.
 
@@ -104,6 +108,10 @@ enum Imp {
     /// `async fn ready(events, _ctx)` does), so the stream keeps the copy of
     /// the request.
     TowerSseCtx,
+    /// tower-sse with `spawn_ready()`.
+    TowerSseSpawned,
+    /// tower-sse with a stall timeout.
+    TowerSseStall,
     AxumSse,
     RawHyper,
     RawJoin,
@@ -111,9 +119,11 @@ enum Imp {
 }
 
 impl Imp {
-    const ALL: [Imp; 6] = [
+    const ALL: [Imp; 8] = [
         Imp::TowerSse,
         Imp::TowerSseCtx,
+        Imp::TowerSseSpawned,
+        Imp::TowerSseStall,
         Imp::AxumSse,
         Imp::RawHyper,
         Imp::RawJoin,
@@ -124,6 +134,8 @@ impl Imp {
         match self {
             Imp::TowerSse => "tower-sse",
             Imp::TowerSseCtx => "tower-sse-ctx",
+            Imp::TowerSseSpawned => "tower-sse-spawned",
+            Imp::TowerSseStall => "tower-sse-stall",
             Imp::AxumSse => "axum-sse",
             Imp::RawHyper => "raw-hyper",
             Imp::RawJoin => "raw-join",
@@ -384,29 +396,38 @@ fn router(scenario: &Scenario) -> Router {
     let sc = Arc::new(scenario.clone());
     // Every tower-sse variant: the same route, heartbeat and buffer.
     let tower_sse = |layer: SseLayer| {
-        let layer = layer
+        let mut layer = layer
             .heartbeat(scenario.heartbeat())
             .buffer(scenario.capacity);
+        match scenario.imp {
+            Imp::TowerSseSpawned => layer = layer.spawn_ready(),
+            Imp::TowerSseStall => layer = layer.stall_timeout(Duration::from_secs(60)),
+            _ => {}
+        }
         Router::new().route("/sse", get(|| async {}).layer(layer))
     };
     match scenario.imp {
         // Idle streams get the smallest producer that keeps them open.
-        Imp::TowerSse if scenario.kind == Kind::Idle => tower_sse(SseLayer::new(
-            |events: EventSender, _ctx: StreamContext| async move {
-                events.closed().await;
-            },
-        )),
+        Imp::TowerSse | Imp::TowerSseSpawned | Imp::TowerSseStall
+            if scenario.kind == Kind::Idle =>
+        {
+            tower_sse(SseLayer::new(
+                |events: EventSender, _ctx: StreamContext| async move {
+                    events.closed().await;
+                },
+            ))
+        }
         Imp::TowerSseCtx if scenario.kind == Kind::Idle => tower_sse(SseLayer::new(
             |events: EventSender, ctx: StreamContext| async move {
                 let _kept = ctx;
                 events.closed().await;
             },
         )),
-        Imp::TowerSse | Imp::TowerSseCtx => tower_sse(SseLayer::new(
-            move |events: EventSender, _ctx: StreamContext| {
+        Imp::TowerSse | Imp::TowerSseCtx | Imp::TowerSseSpawned | Imp::TowerSseStall => tower_sse(
+            SseLayer::new(move |events: EventSender, _ctx: StreamContext| {
                 produce_tower_sse(events, gate.clone(), sc.clone(), data)
-            },
-        )),
+            }),
+        ),
         Imp::AxumSse => Router::new().route(
             "/sse",
             get(move || {

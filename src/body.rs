@@ -127,10 +127,22 @@ pin_project! {
     /// # let _ = layer;
     /// ```
     ///
+    /// While a body-polled ready function runs between two `.await`s (CPU
+    /// work, a blocking call), the body writes nothing, heartbeats included:
+    /// its poll is the connection's task. A ready function that works for
+    /// 1.5 s leaves a 1.5 s silence at any heartbeat
+    /// (`tests/spawned.rs`). Give such work to `spawn_blocking`, or run the
+    /// whole ready function as a task of its own with
+    /// [`SseLayer::spawn_ready`](crate::SseLayer::spawn_ready) (or
+    /// [`SseResponse::spawn_ready`](crate::SseResponse::spawn_ready)): it then
+    /// feeds the bounded buffer from its own task, goes on while the client
+    /// is slow until the buffer is full, and heartbeats never wait for it.
+    ///
     /// With a dropping or sliding buffer, whose point is that a slow client
     /// never holds the application back, the ready function runs as a task of
     /// its own anyway. Either way it is dropped (or aborted) when the stream
-    /// ends.
+    /// ends, and a panic in it, or in any task holding one of its senders,
+    /// ends the stream with [`DisconnectReason::Panicked`].
     ///
     /// The body is `!Unpin` (its heartbeat timer is inline): pin it
     /// (`Box::pin`, `std::pin::pin!`) to poll it by hand.

@@ -53,6 +53,10 @@
 //! # Beyond Pedestal
 //!
 //! - [`SseLayer::shutdown_on`]: end every stream cleanly on server shutdown.
+//! - [`SseLayer::stall_timeout`]: evict a client that stays connected but
+//!   stops reading ([`DisconnectReason::Stalled`]), on HTTP/1.1 and HTTP/2.
+//! - [`SseLayer::spawn_ready`]: run the ready function as a task of its own
+//!   (Pedestal's shape), so that heartbeats never wait for its CPU work.
 //! - [`Hub`]: publish once to a topic, fan out to every subscribed stream,
 //!   and resume reconnecting clients from history with `Last-Event-ID`
 //!   ([`LastEventId`] extractor); with the `redis` feature, on Redis Streams
