@@ -44,8 +44,9 @@ struct State {
     events: VecDeque<Bytes>,
     queued_bytes: usize,
     receiver: Option<Waker>,
-    /// Live `EventSender`s.
-    senders: usize,
+    /// Live `EventSender`s (`u32`, like `granted`, keeps the queue in the
+    /// allocation size class it had before it held its waiters itself).
+    senders: u32,
     /// No more events are accepted (`close()` was called, a sender panicked,
     /// or the body is gone).
     closed: bool,
@@ -56,7 +57,7 @@ struct State {
     /// Sends waiting for room in a fixed buffer, in arrival order. The first
     /// `granted` of them were each given a slot and have yet to fill it.
     waiting: VecDeque<Waiter>,
-    granted: usize,
+    granted: u32,
     /// `EventSender::closed()` calls waiting for the end.
     closing: Vec<Waiter>,
     next_id: u64,
@@ -143,7 +144,8 @@ impl State {
     /// Whether a send arriving now (not waiting already) may take a slot:
     /// there is one, and nobody waiting was there first.
     fn admits_newcomer(&self, capacity: usize) -> bool {
-        self.waiting.len() == self.granted && self.events.len() + self.granted < capacity
+        self.waiting.len() == self.granted as usize
+            && self.events.len() + (self.granted as usize) < capacity
     }
 
     /// Queues `bytes`, applying a dropping policy when full.
@@ -172,11 +174,13 @@ impl State {
     /// Gives free slots to waiting sends, in order, as many as `wakes` holds;
     /// `true` if more could be granted once those are woken.
     fn grant(&mut self, capacity: usize, wakes: &mut WakeList) -> bool {
-        while self.granted < self.waiting.len() && self.events.len() + self.granted < capacity {
+        while (self.granted as usize) < self.waiting.len()
+            && self.events.len() + (self.granted as usize) < capacity
+        {
             if wakes.is_full() {
                 return true;
             }
-            let waker = self.waiting[self.granted].waker.take();
+            let waker = self.waiting[self.granted as usize].waker.take();
             self.granted += 1;
             wakes.push(waker);
         }
@@ -495,7 +499,7 @@ impl Future for Push<'_> {
                 (Policy::Wait, Some(id)) => {
                     let position = state.waiting.iter().position(|w| w.id == id);
                     match position {
-                        Some(at) if at < state.granted => {
+                        Some(at) if at < state.granted as usize => {
                             // Its slot: the first `granted` waiters hold one each.
                             state.waiting.remove(at);
                             state.granted -= 1;
@@ -566,7 +570,7 @@ impl Push<'_> {
             return (None, wakes);
         };
         let removed = state.waiting.remove(at);
-        if at < state.granted {
+        if at < state.granted as usize {
             state.granted -= 1;
             if !state.closed {
                 // One slot freed, so at most one grant: `wakes` has room.
