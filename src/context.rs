@@ -86,6 +86,11 @@ impl StreamContext {
     /// The `Last-Event-ID` the client sent when reconnecting, if any and if it
     /// is valid UTF-8 (browsers send UTF-8).
     ///
+    /// It is the header whole, as long as the client made it (hyper bounds
+    /// the request head): an application with ids of its own should bound
+    /// what it looks up or sends back. A [`Hub`](crate::Hub) looks at no more
+    /// than [`MAX_LAST_EVENT_ID_LEN`](crate::MAX_LAST_EVENT_ID_LEN) bytes.
+    ///
     /// ```
     /// let request = http::Request::builder()
     ///     .header("last-event-id", "41")
@@ -125,6 +130,10 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for StreamContext {
 }
 
 /// The request's `Last-Event-ID` header, as an axum extractor (never rejects).
+///
+/// As [`StreamContext::last_event_id`]: the header whole if it is UTF-8,
+/// whatever its length (a [`Hub`](crate::Hub) caps what it uses at
+/// [`MAX_LAST_EVENT_ID_LEN`](crate::MAX_LAST_EVENT_ID_LEN) bytes).
 ///
 /// ```
 /// use axum::{Router, routing::get};

@@ -96,7 +96,9 @@ pub use event::{
     COMMENT_FIELD, CRLF, DATA_FIELD, EVENT_FIELD, Event, EventError, ID_FIELD, RETRY_FIELD,
     get_bytes, mk_data,
 };
-pub use hub::{Hub, HubBuilder, LAGGED_EVENT, LagPolicy, PublishError, RESET_EVENT};
+pub use hub::{
+    Hub, HubBuilder, LAGGED_EVENT, LagPolicy, MAX_LAST_EVENT_ID_LEN, PublishError, RESET_EVENT,
+};
 #[allow(deprecated)]
 pub use layer::{
     BoxError, ResponseBody, ResponseFuture, SseLayer, SseService, end_event_stream, sse_setup,

@@ -164,6 +164,41 @@ async fn an_id_redis_trimmed_gets_a_reset() {
     assert_eq!(next_event(&mut stream).await.unwrap().event, RESET_EVENT);
 }
 
+/// The hub's cap on a `Last-Event-ID` it looks up or echoes.
+const CAP: usize = tower_sse::MAX_LAST_EVENT_ID_LEN;
+
+#[tokio::test]
+async fn an_over_long_last_event_id_gets_a_short_reset_then_live_events() {
+    let Some(url) = redis_url() else { return };
+    let prefix = prefix("long-id");
+    let (node_a, addr_a) = node(&url, &prefix, 100).await;
+    let first = node_a.publish("room", "before").await.unwrap();
+    // 64 KiB of digits (no Redis id), then a real Redis id padded with
+    // zeros to 64 KiB: its sequence part parses as 0, yet it is no id Redis
+    // gave out.
+    let digits = "1".repeat(64 * 1024);
+    let (ms, _) = first.split_once('-').unwrap();
+    let padded = format!("{ms}-{}", "0".repeat(64 * 1024 - ms.len() - 1));
+    for huge in [digits, padded] {
+        assert_eq!(huge.len(), 64 * 1024);
+        let mut stream = events(open(addr_a, Some(&huge)).await);
+        let reset = next_event(&mut stream).await.unwrap();
+        assert_eq!(reset.event, RESET_EVENT, "{}...", &huge[..20]);
+        assert!(
+            reset.data.len() <= CAP,
+            "the reset echoed {} bytes of the id",
+            reset.data.len()
+        );
+        assert_eq!(reset.data, "", "an id over the cap is not echoed at all");
+        eventually("subscription", || node_a.subscribers() == 1).await;
+        let live = node_a.publish("room", "live").await.unwrap();
+        let event = next_event(&mut stream).await.unwrap();
+        assert_eq!((event.id, event.data.as_str()), (live, "live"));
+        drop(stream);
+        eventually("the stream to go", || node_a.subscribers() == 0).await;
+    }
+}
+
 /// A `redis-server` of the test's own, which it can stop and start again.
 struct OwnRedis {
     port: u16,

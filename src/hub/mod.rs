@@ -23,17 +23,47 @@ use bytes::Bytes;
 use futures::future::BoxFuture;
 use tokio::{sync::Notify, time::Instant};
 
-use crate::{Event, EventError, EventSender, StreamContext};
+use crate::{Event, EventError, EventSender, LAST_EVENT_ID, StreamContext};
 
 #[cfg(feature = "redis")]
 mod redis;
 #[cfg(feature = "redis")]
 use self::redis::StreamId;
 
-/// The event type a stream receives when its `Last-Event-ID` is older than
-/// the history holds (or unknown): the client should reload its state. The
-/// data is the id that could not be resumed. Live events follow.
+/// The event type a stream receives when its `Last-Event-ID` cannot be
+/// resumed from: older than the history holds, unknown, or unusable (longer
+/// than [`MAX_LAST_EVENT_ID_LEN`] bytes, or, through [`Hub::ready`], not
+/// UTF-8). The client should reload its state. Live events follow.
+///
+/// The data is the id that could not be resumed when it is at most
+/// [`MAX_LAST_EVENT_ID_LEN`] bytes, and empty when it is longer or not UTF-8:
+/// never the whole of an over-long header (a client must not be able to make
+/// every reconnect send back kilobytes it chose), and never a prefix of it.
+/// A prefix would be an id the client never had, and often a valid one (a
+/// prefix of a sequence number is another sequence number, a prefix of a
+/// Redis id `<ms>-<seq>` another Redis id): a client that kept or logged it
+/// would be misled, one that sent it back would resume from the wrong place.
+/// Empty data says "your id was unusable" without ambiguity, and the client
+/// still knows the id it sent (the reset has no `id` field, so an
+/// `EventSource`'s `lastEventId` is unchanged).
 pub const RESET_EVENT: &str = "reset";
+
+/// The longest `Last-Event-ID`, in bytes, that a [`Hub`] looks up, parses or
+/// echoes in a [`RESET_EVENT`]: 256.
+///
+/// The hub's own ids are at most 20 bytes (a `u64`), Redis entry ids at most
+/// 41 (`<ms>-<seq>`, two `u64`s); 256 leaves room for ids set by a publisher
+/// (UUIDs, ULIDs, prefixed keys). A longer id is treated as unknown without
+/// being parsed or copied: the stream gets a reset with empty data, then
+/// live events. So the work and memory a reconnect costs the hub do not grow
+/// with the header (hyper accepts a request head of about 400 KiB over
+/// HTTP/1 by default).
+///
+/// Ids set by a publisher should not be longer, or a client resuming from
+/// one gets a reset instead. The [`LastEventId`](crate::LastEventId)
+/// extractor and [`StreamContext::last_event_id`] still give the header
+/// whole, for applications with ids of their own.
+pub const MAX_LAST_EVENT_ID_LEN: usize = 256;
 
 /// The event type a stream receives, under [`LagPolicy::Notify`], where it
 /// missed events because it could not keep up. The data is how many it missed.
@@ -248,7 +278,50 @@ impl HubBuilder {
 /// Where a new subscription starts in each topic, and whether it must say reset.
 struct Start {
     cursors: Vec<u64>,
-    reset: Option<String>,
+    reset: bool,
+}
+
+/// A stream's `Last-Event-ID`, checked against [`MAX_LAST_EVENT_ID_LEN`]
+/// before anything looks at its contents.
+#[derive(Clone, Copy, Debug)]
+enum Resume<'a> {
+    /// No id: live events only.
+    Live,
+    /// An id short enough to look up, parse and echo.
+    After(&'a str),
+    /// An id no history can resume from (over the cap, or not UTF-8): a
+    /// reset echoing nothing.
+    Unusable,
+}
+
+impl<'a> Resume<'a> {
+    fn new(last_event_id: Option<&'a str>) -> Self {
+        match last_event_id {
+            None => Self::Live,
+            Some(id) if id.len() <= MAX_LAST_EVENT_ID_LEN => Self::After(id),
+            Some(_) => Self::Unusable,
+        }
+    }
+
+    /// The id to look up, if there is a usable one.
+    fn id(self) -> Option<&'a str> {
+        match self {
+            Self::After(id) => Some(id),
+            Self::Live | Self::Unusable => None,
+        }
+    }
+}
+
+/// A request's `Last-Event-ID` as [`Hub::ready`] keeps it for the stream:
+/// `None` without the header, `Some(None)` when it is over the cap or not
+/// UTF-8 (checked on the first [`MAX_LAST_EVENT_ID_LEN`] bytes at most),
+/// `Some(Some(id))` otherwise.
+fn header_id(ctx: &StreamContext) -> Option<Option<String>> {
+    let value = ctx.headers().get(LAST_EVENT_ID)?.as_bytes();
+    if value.len() > MAX_LAST_EVENT_ID_LEN {
+        return Some(None);
+    }
+    Some(std::str::from_utf8(value).ok().map(str::to_owned))
 }
 
 impl Hub {
@@ -322,6 +395,11 @@ impl Hub {
     /// after `last_event_id` (from history; a [`RESET_EVENT`] if that is no
     /// longer known), then live events. Without `last_event_id`, live events only.
     ///
+    /// An id longer than [`MAX_LAST_EVENT_ID_LEN`] bytes is not looked at: it
+    /// gets a reset with empty data. ([`StreamContext::last_event_id`] gives
+    /// `None` for a header that is not UTF-8; [`Hub::ready`] treats such a
+    /// header as unusable, with a reset, rather than as no id.)
+    ///
     /// Call it from a ready function (or use [`Hub::ready`]). Each event goes
     /// through the stream's buffer: a stream that cannot keep up falls behind
     /// in history without slowing anyone, and the [`LagPolicy`] decides what
@@ -333,11 +411,21 @@ impl Hub {
         last_event_id: Option<&str>,
         topics: &[T],
     ) {
+        self.subscribe_from(events, Resume::new(last_event_id), topics)
+            .await;
+    }
+
+    async fn subscribe_from<T: AsRef<str>>(
+        &self,
+        events: &EventSender,
+        resume: Resume<'_>,
+        topics: &[T],
+    ) {
         let inner = &self.inner;
         inner.subscribers.fetch_add(1, Relaxed);
         let _count = SubscriberGuard(&inner.subscribers);
         let names: Vec<&str> = topics.iter().map(AsRef::as_ref).collect();
-        let Some((mut cursors, notifies)) = self.begin(events, last_event_id, &names).await else {
+        let Some((mut cursors, notifies)) = self.begin(events, resume, &names).await else {
             return;
         };
         let mut batch = Vec::new();
@@ -408,17 +496,17 @@ impl Hub {
     async fn begin(
         &self,
         events: &EventSender,
-        last_event_id: Option<&str>,
+        resume: Resume<'_>,
         names: &[&str],
     ) -> Option<(Vec<u64>, Vec<Arc<Notify>>)> {
         #[cfg(feature = "redis")]
         if let Some(backend) = &self.inner.redis {
             // Boxed, so in-memory subscriptions do not carry the Redis state.
-            return Box::pin(backend.begin(self, events, last_event_id, names)).await;
+            return Box::pin(backend.begin(self, events, resume, names)).await;
         }
-        let (start, notifies) = self.start(last_event_id, names, true);
-        if let Some(unknown) = start.reset {
-            send_reset(events, unknown).await?;
+        let (start, notifies) = self.start(resume, names, true);
+        if start.reset {
+            send_reset(events, resume).await?;
         }
         Some((start.cursors, notifies))
     }
@@ -442,6 +530,10 @@ impl Hub {
     /// A ready function that subscribes each stream to the topics `topics`
     /// picks from its request, resuming from its `Last-Event-ID`.
     ///
+    /// A `Last-Event-ID` longer than [`MAX_LAST_EVENT_ID_LEN`] bytes, or not
+    /// UTF-8, gets a [`RESET_EVENT`] with empty data, then live events; the
+    /// stream keeps at most [`MAX_LAST_EVENT_ID_LEN`] bytes of the header.
+    ///
     /// ```
     /// # let hub = tower_sse::Hub::new();
     /// let layer = tower_sse::SseLayer::new(hub.ready(|ctx| {
@@ -461,12 +553,17 @@ impl Hub {
         move |events, ctx| {
             let hub = hub.clone();
             let topics = topics(&ctx);
-            // Only the id outlives this call: the stream keeps no copy of the request.
-            let last_event_id = ctx.last_event_id().map(str::to_owned);
+            // Only the id outlives this call, and only up to the cap: the
+            // stream keeps no copy of the request.
+            let last_event_id = header_id(&ctx);
             drop(ctx);
             Box::pin(async move {
-                hub.subscribe(&events, last_event_id.as_deref(), &topics)
-                    .await;
+                let resume = match &last_event_id {
+                    None => Resume::Live,
+                    Some(Some(id)) => Resume::new(Some(id.as_str())),
+                    Some(None) => Resume::Unusable,
+                };
+                hub.subscribe_from(&events, resume, &topics).await;
             })
         }
     }
@@ -481,11 +578,11 @@ impl Hub {
         self.inner.lagged.load(Relaxed)
     }
 
-    /// Finds each topic's starting point for `last_event_id` in this process's
+    /// Finds each topic's starting point for `resume` in this process's
     /// history. `sequence_ids`: ids are this hub's sequence numbers (in memory).
     fn start(
         &self,
-        last_event_id: Option<&str>,
+        resume: Resume<'_>,
         names: &[&str],
         sequence_ids: bool,
     ) -> (Start, Vec<Arc<Notify>>) {
@@ -503,12 +600,15 @@ impl Hub {
         let topics: Vec<&Topic> = names.iter().map(|name| &state.topics[*name]).collect();
         let notifies = topics.iter().map(|t| t.notify.clone()).collect();
         let live = |topics: &[&Topic]| topics.iter().map(|t| t.end_index()).collect();
-        let Some(last) = last_event_id else {
-            let start = Start {
-                cursors: live(&topics),
-                reset: None,
-            };
-            return (start, notifies);
+        let last = match resume {
+            Resume::After(last) => last,
+            Resume::Live | Resume::Unusable => {
+                let start = Start {
+                    cursors: live(&topics),
+                    reset: matches!(resume, Resume::Unusable),
+                };
+                return (start, notifies);
+            }
         };
         // The id's place in the hub-wide sequence: an id in history, or a
         // sequence number this hub has handed out.
@@ -531,11 +631,11 @@ impl Hub {
                     .iter()
                     .map(|t| t.first_index + t.entries.partition_point(|e| e.seq <= seq) as u64)
                     .collect(),
-                reset: None,
+                reset: false,
             },
             None => Start {
                 cursors: live(&topics),
-                reset: Some(last.to_owned()),
+                reset: true,
             },
         };
         (start, notifies)
@@ -608,12 +708,12 @@ impl fmt::Debug for Hub {
     }
 }
 
-/// Tells a stream that its `Last-Event-ID` cannot be resumed; `None` when it closed.
-async fn send_reset(events: &EventSender, unknown: String) -> Option<()> {
-    events
-        .send(Event::new(unknown).name(RESET_EVENT))
-        .await
-        .ok()
+/// Tells a stream that its `Last-Event-ID` cannot be resumed; `None` when it
+/// closed. The data is the id when it is usable (at most
+/// [`MAX_LAST_EVENT_ID_LEN`] bytes), and empty otherwise (see [`RESET_EVENT`]).
+async fn send_reset(events: &EventSender, resume: Resume<'_>) -> Option<()> {
+    let echo = resume.id().unwrap_or_default();
+    events.send(Event::new(echo).name(RESET_EVENT)).await.ok()
 }
 
 struct SubscriberGuard<'a>(&'a AtomicUsize);

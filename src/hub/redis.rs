@@ -18,7 +18,7 @@ use ::redis::{
 use bytes::{BufMut, Bytes, BytesMut};
 use tokio::{sync::Notify, time::Instant};
 
-use super::{Entry, Hub, HubBuilder, Inner, PublishError, Topic, send_reset};
+use super::{Entry, Hub, HubBuilder, Inner, PublishError, Resume, Topic, send_reset};
 use crate::{
     Event, EventSender,
     event::{CRLF, ID_FIELD},
@@ -127,21 +127,22 @@ impl Backend {
     }
 
     /// Where a subscription starts: local history when it has the id,
-    /// otherwise a replay from Redis; a reset when Redis trimmed past it.
+    /// otherwise a replay from Redis; a reset when Redis trimmed past it, or
+    /// when the id is no Redis id (over the cap ids are not even parsed).
     pub(super) async fn begin(
         &self,
         hub: &Hub,
         events: &EventSender,
-        last_event_id: Option<&str>,
+        resume: Resume<'_>,
         names: &[&str],
     ) -> Option<(Vec<u64>, Vec<Arc<Notify>>)> {
         self.follow(hub, names).await;
-        let (start, notifies) = hub.start(last_event_id, names, false);
-        let Some(unknown) = start.reset else {
+        let (start, notifies) = hub.start(resume, names, false);
+        if !start.reset {
             return Some((start.cursors, notifies));
-        };
-        let Some(mut after) = parse_id(&unknown) else {
-            send_reset(events, unknown).await?;
+        }
+        let Some(mut after) = resume.id().and_then(parse_id) else {
+            send_reset(events, resume).await?;
             return Some((start.cursors, notifies));
         };
         let mut backoff = Duration::from_millis(50);
@@ -157,8 +158,8 @@ impl Backend {
                     backoff = (backoff * 2).min(MAX_BACKOFF);
                 }
                 Ok(None) => {
-                    send_reset(events, unknown).await?;
-                    let (start, notifies) = hub.start(None, names, false);
+                    send_reset(events, resume).await?;
+                    let (start, notifies) = hub.start(Resume::Live, names, false);
                     return Some((start.cursors, notifies));
                 }
                 Ok(Some((entries, complete))) => {
