@@ -143,6 +143,10 @@ pub struct Hub {
 }
 
 struct Inner {
+    /// Topics and the sequence. Nothing user-reachable runs under this lock:
+    /// no `tracing`, no wake-up (a topic's `Notify` is cloned out and
+    /// notified after the guard is dropped), no user value dropped (evicted
+    /// entries hold only bytes the hub encoded), never across an `.await`.
     state: RwLock<State>,
     history: usize,
     max_age: Option<Duration>,

@@ -38,7 +38,8 @@ pub(crate) struct Backend {
     conn: ConnectionManager,
     prefix: String,
     trim: usize,
-    /// Topics this node follows, with the id of the last entry read.
+    /// Topics this node follows, with the id of the last entry read. As the
+    /// hub's state: nothing user-reachable (`tracing`, a wake-up) runs under it.
     following: Arc<Mutex<HashMap<String, StreamId>>>,
     wake_reader: Arc<Notify>,
 }
@@ -395,6 +396,7 @@ async fn read_loop(
             }
         };
         let Some(inner) = hub.upgrade() else { return };
+        // Notified only once both guards are dropped: a wake-up runs waker code.
         let mut woken = Vec::new();
         {
             let mut state = inner.state.write().unwrap_or_else(PoisonError::into_inner);
