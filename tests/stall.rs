@@ -156,6 +156,34 @@ async fn a_stalled_http2_client_is_evicted() {
 }
 
 #[tokio::test]
+async fn start_stream_takes_a_stall_timeout_too() {
+    let ends = Ends::default();
+    let recorded = ends.clone();
+    let stats = tower_sse::SseStats::default();
+    let counted = stats.clone();
+    let handler = move |ctx: StreamContext| {
+        let ends = recorded.clone();
+        let stats = counted.clone();
+        async move {
+            response_in_mode(tower_sse::start_stream(firehose, ctx, HEARTBEAT, 10))
+                .stall_timeout(STALL)
+                .stats(&stats)
+                .on_client_disconnect(move |_, reason| {
+                    ends.lock().unwrap().push((reason, Instant::now()))
+                })
+        }
+    };
+    let addr = serve(Router::new().route("/events", get(handler))).await;
+    let stream = small_window_client(addr).await;
+    let stopped = Instant::now();
+    let (reason, ended) = wait_for_end(&ends).await;
+    assert_eq!(reason, DisconnectReason::Stalled);
+    assert_evicted_in_time(stopped, ended, "start_stream, HTTP/1.1");
+    assert_eq!(stats.streams_stalled(), 1);
+    drains_to_the_end(stream).await;
+}
+
+#[tokio::test]
 async fn a_reader_that_keeps_up_is_never_evicted() {
     let ends = Ends::default();
     let layer = stalling_layer(&ends);
