@@ -228,8 +228,19 @@ fn check_gaps_are_marked(received: &[Received], published: u64) -> u64 {
 
 #[tokio::test]
 async fn a_slow_subscriber_lags_visibly_and_never_slows_publishing() {
+    slow_subscriber_lags_visibly(50).await;
+}
+
+#[tokio::test]
+async fn with_history_zero_a_slow_subscriber_lags_visibly_past_the_live_window() {
+    slow_subscriber_lags_visibly(0).await;
+}
+
+/// A subscriber stalls while 4,000 events are published to a hub keeping
+/// `history` events: every gap it sees is marked by a `lagged` count.
+async fn slow_subscriber_lags_visibly(history: usize) {
     const PUBLISHED: u64 = 4_000;
-    let hub = Hub::builder().history(50).build();
+    let hub = Hub::builder().history(history).build();
     let addr = serve(app(&hub, Buffer::fixed(4))).await;
     let response = open(addr, "main", None).await;
     subscribed(&hub, 1).await;
@@ -498,4 +509,52 @@ async fn subscribe_called_directly_caps_the_id_too() {
     subscribed(&hub, 1).await;
     hub.publish("main", "live").await.unwrap();
     assert_eq!(next_event(&mut stream).await.unwrap().data, "live");
+}
+
+#[tokio::test]
+async fn history_zero_delivers_live_events_and_resets_every_resume() {
+    let hub = Hub::builder().history(0).build();
+    let addr = serve(app(&hub, Buffer::fixed(16))).await;
+    hub.publish("main", "before anyone subscribed")
+        .await
+        .unwrap();
+    let mut stream = events(open(addr, "main", None).await);
+    subscribed(&hub, 1).await;
+    // A burst, published without yielding: a subscriber that keeps up gets
+    // every one of them, and nothing from before it subscribed.
+    let mut ids = Vec::new();
+    for i in 0..50 {
+        ids.push(hub.publish("main", format!("live {i}")).await.unwrap());
+    }
+    for (i, id) in ids.iter().enumerate() {
+        let event = next_event(&mut stream).await.unwrap();
+        assert_eq!(
+            (event.event.as_str(), event.id.as_str(), event.data.clone()),
+            ("message", id.as_str(), format!("live {i}")),
+            "event {i}"
+        );
+    }
+    assert_eq!(hub.lagged_events(), 0);
+    drop(stream);
+    eventually("the stream to go", || hub.subscribers() == 0).await;
+    // Nothing is replayed: a resume from the newest id, or from any other,
+    // gets a reset echoing it, then live events.
+    for last in [ids[49].as_str(), ids[10].as_str()] {
+        let mut stream = events(open(addr, "main", Some(last)).await);
+        // The reset comes once the stream's live cursor is set.
+        let reset = next_event(&mut stream).await.unwrap();
+        assert_eq!(
+            (reset.event.as_str(), reset.data.as_str()),
+            (RESET_EVENT, last),
+            "resuming from {last}"
+        );
+        let live = hub.publish("main", "after the reconnect").await.unwrap();
+        let event = next_event(&mut stream).await.unwrap();
+        assert_eq!(
+            (event.id.as_str(), event.data.as_str()),
+            (live.as_str(), "after the reconnect")
+        );
+        drop(stream);
+        eventually("the stream to go", || hub.subscribers() == 0).await;
+    }
 }

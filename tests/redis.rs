@@ -164,6 +164,59 @@ async fn an_id_redis_trimmed_gets_a_reset() {
     assert_eq!(next_event(&mut stream).await.unwrap().event, RESET_EVENT);
 }
 
+#[tokio::test]
+async fn history_zero_delivers_live_events_and_replays_nothing() {
+    let Some(url) = redis_url() else { return };
+    let prefix = prefix("history-zero");
+    let (node_a, _) = node(&url, &prefix, 0).await;
+    let (node_b, addr_b) = node(&url, &prefix, 0).await;
+    node_a
+        .publish("room", "before anyone subscribed")
+        .await
+        .unwrap();
+    // An id that is no Redis id gets a reset once B follows the topic and
+    // the stream's live cursor is set: after it, nothing published is missed.
+    let mut stream = events(open(addr_b, Some("not-an-id")).await);
+    assert_eq!(next_event(&mut stream).await.unwrap().event, RESET_EVENT);
+    let mut ids = Vec::new();
+    for i in 0..50 {
+        ids.push(node_a.publish("room", format!("live {i}")).await.unwrap());
+    }
+    for (i, id) in ids.iter().enumerate() {
+        let event = next_event(&mut stream).await.unwrap();
+        assert_eq!(
+            (event.event.as_str(), event.id.as_str(), event.data.clone()),
+            ("message", id.as_str(), format!("live {i}")),
+            "event {i}"
+        );
+    }
+    assert_eq!(node_b.lagged_events(), 0);
+    drop(stream);
+    eventually("the stream to go", || node_b.subscribers() == 0).await;
+    // Nothing is replayed, neither from B's ring nor from Redis (by C, which
+    // never followed the topic): a reset echoing the id, then live events.
+    let (node_c, addr_c) = node(&url, &prefix, 0).await;
+    for (name, hub, addr) in [("B", &node_b, addr_b), ("C", &node_c, addr_c)] {
+        for last in [ids[10].as_str(), ids[49].as_str()] {
+            let mut stream = events(open(addr, Some(last)).await);
+            let reset = next_event(&mut stream).await.unwrap();
+            assert_eq!(
+                (reset.event.as_str(), reset.data.as_str()),
+                (RESET_EVENT, last),
+                "node {name} resuming from {last}"
+            );
+            let live = node_a.publish("room", "after the reconnect").await.unwrap();
+            let event = next_event(&mut stream).await.unwrap();
+            assert_eq!(
+                (event.id.as_str(), event.data.as_str()),
+                (live.as_str(), "after the reconnect")
+            );
+            drop(stream);
+            eventually("the stream to go", || hub.subscribers() == 0).await;
+        }
+    }
+}
+
 /// The hub's cap on a `Last-Event-ID` it looks up or echoes.
 const CAP: usize = tower_sse::MAX_LAST_EVENT_ID_LEN;
 

@@ -72,6 +72,11 @@ pub const LAGGED_EVENT: &str = "lagged";
 /// How many events at most a stream takes from the rings at a time.
 const MAX_BATCH: usize = 256;
 
+/// How many events of each topic a hub built with `history(0)` keeps to
+/// deliver them live (never to replay them): how far one of its streams may
+/// fall behind before it lags.
+const LIVE_ONLY_WINDOW: usize = 256;
+
 /// What happens to a stream that falls behind the history (its client reads
 /// slower than events are published).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -148,7 +153,12 @@ struct Inner {
     /// notified after the guard is dropped), no user value dropped (evicted
     /// entries hold only bytes the hub encoded), never across an `.await`.
     state: RwLock<State>,
+    /// How many events a resume may replay (`HubBuilder::history`); 0: none.
     history: usize,
+    /// How many events each topic's ring keeps, which is how far a stream
+    /// may fall behind before it lags: `history`, or [`LIVE_ONLY_WINDOW`]
+    /// when `history` is 0.
+    window: usize,
     max_age: Option<Duration>,
     lag: LagPolicy,
     lagged: AtomicU64,
@@ -200,9 +210,10 @@ impl Topic {
         self.first_index + self.entries.len() as u64
     }
 
-    fn evict(&mut self, history: usize, max_age: Option<Duration>, now: Instant) {
+    /// Forgets the events beyond the newest `window`, and those older than `max_age`.
+    fn evict(&mut self, window: usize, max_age: Option<Duration>, now: Instant) {
         while let Some(oldest) = self.entries.front() {
-            let too_many = self.entries.len() > history;
+            let too_many = self.entries.len() > window;
             let too_old = max_age.is_some_and(|age| now.duration_since(oldest.at) > age);
             if !too_many && !too_old {
                 break;
@@ -231,6 +242,14 @@ pub struct HubBuilder {
 impl HubBuilder {
     /// Keeps the last `events` events per topic (default 1,000). It is also
     /// how far a stream may fall behind before it lags.
+    ///
+    /// `history(0)` means live only: a stream gets the events published
+    /// after it subscribed, nothing is replayed, and every `Last-Event-ID`
+    /// gets a [`RESET_EVENT`] (there is nothing to resume from), then live
+    /// events. Each topic still keeps its newest 256 events to deliver them,
+    /// so a stream may fall up to 256 behind before it lags; with Redis,
+    /// streams are trimmed to about 256 entries, and nothing is replayed
+    /// from Redis either.
     pub fn history(mut self, events: usize) -> Self {
         self.history = events;
         self
@@ -262,6 +281,14 @@ impl HubBuilder {
         }
     }
 
+    /// How many events each topic's ring keeps.
+    fn window(&self) -> usize {
+        match self.history {
+            0 => LIVE_ONLY_WINDOW,
+            events => events,
+        }
+    }
+
     fn inner(&self) -> Inner {
         Inner {
             state: RwLock::new(State {
@@ -269,6 +296,7 @@ impl HubBuilder {
                 topics: HashMap::new(),
             }),
             history: self.history,
+            window: self.window(),
             max_age: self.max_age,
             lag: self.lag,
             lagged: AtomicU64::new(0),
@@ -388,7 +416,7 @@ impl Hub {
             #[cfg(feature = "redis")]
             stream_id: None,
         });
-        topic.evict(inner.history, inner.max_age, now);
+        topic.evict(inner.window, inner.max_age, now);
         let notify = topic.notify.clone();
         drop(state);
         notify.notify_waiters();
@@ -599,12 +627,20 @@ impl Hub {
                 .topics
                 .entry((*name).to_owned())
                 .or_insert_with(Topic::new);
-            topic.evict(inner.history, inner.max_age, now);
+            topic.evict(inner.window, inner.max_age, now);
         }
         let topics: Vec<&Topic> = names.iter().map(|name| &state.topics[*name]).collect();
         let notifies = topics.iter().map(|t| t.notify.clone()).collect();
         let live = |topics: &[&Topic]| topics.iter().map(|t| t.end_index()).collect();
         let last = match resume {
+            // Live only: the ring is there to deliver, not to replay.
+            Resume::After(_) if inner.history == 0 => {
+                let start = Start {
+                    cursors: live(&topics),
+                    reset: true,
+                };
+                return (start, notifies);
+            }
             Resume::After(last) => last,
             Resume::Live | Resume::Unusable => {
                 let start = Start {

@@ -50,7 +50,9 @@ impl HubBuilder {
     /// the same Redis and key prefix.
     ///
     /// `history` is both the `MAXLEN ~` trim of each stream and the size of
-    /// this node's local ring.
+    /// this node's local ring; with `history(0)` (live only) both are 256,
+    /// and a `Last-Event-ID` is never replayed from Redis (see
+    /// [`history`](Self::history)).
     ///
     /// # Errors
     ///
@@ -84,7 +86,7 @@ impl HubBuilder {
         inner.redis = Some(Backend {
             conn,
             prefix: self.key_prefix.clone(),
-            trim: self.history.max(1),
+            trim: self.window(),
             following: following.clone(),
             wake_reader: wake_reader.clone(),
         });
@@ -142,7 +144,9 @@ impl Backend {
         if !start.reset {
             return Some((start.cursors, notifies));
         }
-        let Some(mut after) = resume.id().and_then(parse_id) else {
+        // Live only: nothing is replayed, from Redis either.
+        let replayable = hub.inner.history > 0;
+        let Some(mut after) = resume.id().and_then(parse_id).filter(|_| replayable) else {
             send_reset(events, resume).await?;
             return Some((start.cursors, notifies));
         };
@@ -426,7 +430,7 @@ async fn read_loop(
                         stream_id: Some(stream_id),
                     });
                 }
-                topic.evict(inner.history, inner.max_age, now);
+                topic.evict(inner.window, inner.max_age, now);
                 woken.push(topic.notify.clone());
                 following.insert(name.to_owned(), last);
             }
