@@ -558,3 +558,68 @@ async fn history_zero_delivers_live_events_and_resets_every_resume() {
         eventually("the stream to go", || hub.subscribers() == 0).await;
     }
 }
+
+#[tokio::test]
+async fn a_topic_listed_twice_delivers_each_event_once() {
+    let hub = Hub::new();
+    let addr = serve(app(&hub, Buffer::fixed(16))).await;
+    // Through `Hub::ready`: the topics function returns ["main", "main"]
+    // (and ["b", "main", "b", "main"]).
+    let mut twice = events(open(addr, "main,main", None).await);
+    let mut mixed = events(open(addr, "b,main,b,main", None).await);
+    subscribed(&hub, 2).await;
+    for i in 1..=6 {
+        let topic = if i % 3 == 0 { "b" } else { "main" };
+        hub.publish(topic, format!("e{i}")).await.unwrap();
+    }
+    hub.publish("end", "not subscribed").await.unwrap();
+    hub.publish("main", "last").await.unwrap();
+    let ids = |expected: &[u64]| expected.iter().map(u64::to_string).collect::<Vec<_>>();
+    let mut seen = Vec::new();
+    for _ in 0..5 {
+        seen.push(next_event(&mut twice).await.unwrap().id);
+    }
+    assert_eq!(seen, ids(&[1, 2, 4, 5, 8]), "duplicate or gap");
+    let mut seen = Vec::new();
+    for _ in 0..7 {
+        seen.push(next_event(&mut mixed).await.unwrap().id);
+    }
+    assert_eq!(seen, ids(&[1, 2, 3, 4, 5, 6, 8]), "duplicate or gap");
+    // A resume replays each event once too.
+    let mut again = events(open(addr, "main,main", Some("2")).await);
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        seen.push(next_event(&mut again).await.unwrap().id);
+    }
+    assert_eq!(seen, ids(&[4, 5, 8]), "duplicate or gap on resume");
+}
+
+#[tokio::test]
+async fn subscribe_called_directly_with_a_topic_twice_delivers_each_event_once() {
+    let hub = Hub::new();
+    let ready = {
+        let hub = hub.clone();
+        move |events: tower_sse::EventSender, ctx: tower_sse::StreamContext| {
+            let hub = hub.clone();
+            async move {
+                hub.subscribe(&events, ctx.last_event_id(), &["main", "main"])
+                    .await;
+            }
+        }
+    };
+    let layer = SseLayer::new(ready).heartbeat(Duration::from_millis(200));
+    let addr = serve(Router::new().route("/events", get(|| async {}).layer(layer))).await;
+    let mut stream = events(open(addr, "", None).await);
+    subscribed(&hub, 1).await;
+    for i in 1..=3 {
+        hub.publish("main", format!("e{i}")).await.unwrap();
+    }
+    for i in 1..=3 {
+        let event = next_event(&mut stream).await.unwrap();
+        assert_eq!(
+            (event.id, event.data),
+            (i.to_string(), format!("e{i}")),
+            "duplicate or gap"
+        );
+    }
+}

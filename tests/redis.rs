@@ -47,13 +47,23 @@ fn prefix(test: &str) -> String {
 }
 
 async fn node(url: &str, prefix: &str, history: usize) -> (Hub, SocketAddr) {
+    node_with_topics(url, prefix, history, &["room"]).await
+}
+
+/// A node whose streams subscribe to `topics` (duplicates included).
+async fn node_with_topics(
+    url: &str,
+    prefix: &str,
+    history: usize,
+    topics: &'static [&'static str],
+) -> (Hub, SocketAddr) {
     let hub = Hub::builder()
         .history(history)
         .key_prefix(prefix)
         .build_redis(url)
         .await
         .unwrap();
-    let layer = SseLayer::new(hub.ready(|_ctx| vec!["room".to_owned()]))
+    let layer = SseLayer::new(hub.ready(|_ctx| topics.iter().map(|t| (*t).to_owned()).collect()))
         .heartbeat(Duration::from_millis(100));
     let addr =
         serve(Router::new().route("/events", get(|| async {}).layer(common::in_mode(layer)))).await;
@@ -215,6 +225,45 @@ async fn history_zero_delivers_live_events_and_replays_nothing() {
             eventually("the stream to go", || hub.subscribers() == 0).await;
         }
     }
+}
+
+#[tokio::test]
+async fn a_topic_listed_twice_delivers_each_event_once() {
+    let Some(url) = redis_url() else { return };
+    let prefix = prefix("twice");
+    let (node_a, _) = node(&url, &prefix, 1000).await;
+    let (node_b, addr_b) = node_with_topics(&url, &prefix, 1000, &["room", "room"]).await;
+    let mut ids = Vec::new();
+    for i in 0..10 {
+        ids.push(node_a.publish("room", format!("e{i}")).await.unwrap());
+    }
+    // B never followed the topic: the resume is a replay from Redis, then live.
+    let mut stream = events(open(addr_b, Some(&ids[2])).await);
+    eventually("subscription on B", || node_b.subscribers() == 1).await;
+    let mut expected: Vec<(String, String)> = ids
+        .iter()
+        .enumerate()
+        .skip(3)
+        .map(|(i, id)| (id.clone(), format!("e{i}")))
+        .collect();
+    let mut seen = Vec::new();
+    for _ in 0..expected.len() {
+        let event = next_event(&mut stream).await.unwrap();
+        seen.push((event.id, event.data));
+    }
+    assert_eq!(seen, expected, "duplicate or gap in the replay");
+    // Now B follows the topic: live events, once each.
+    expected.clear();
+    seen.clear();
+    for i in 10..15 {
+        let id = node_a.publish("room", format!("e{i}")).await.unwrap();
+        expected.push((id, format!("e{i}")));
+    }
+    for _ in 0..expected.len() {
+        let event = next_event(&mut stream).await.unwrap();
+        seen.push((event.id, event.data));
+    }
+    assert_eq!(seen, expected, "duplicate or gap in live events");
 }
 
 /// The hub's cap on a `Last-Event-ID` it looks up or echoes.

@@ -9,7 +9,7 @@
 //! `publish` never waits for a slow client.
 
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::{HashMap, HashSet, VecDeque},
     fmt,
     pin::Pin,
     sync::{
@@ -426,6 +426,7 @@ impl Hub {
     /// Streams `topics` to `events` until the stream closes: first what came
     /// after `last_event_id` (from history; a [`RESET_EVENT`] if that is no
     /// longer known), then live events. Without `last_event_id`, live events only.
+    /// A topic listed more than once counts once: each event is sent once.
     ///
     /// An id longer than [`MAX_LAST_EVENT_ID_LEN`] bytes is not looked at: it
     /// gets a reset with empty data. ([`StreamContext::last_event_id`] gives
@@ -456,7 +457,7 @@ impl Hub {
         let inner = &self.inner;
         inner.subscribers.fetch_add(1, Relaxed);
         let _count = SubscriberGuard(&inner.subscribers);
-        let names: Vec<&str> = topics.iter().map(AsRef::as_ref).collect();
+        let names = distinct(topics);
         let Some((mut cursors, notifies)) = self.begin(events, resume, &names).await else {
             return;
         };
@@ -560,7 +561,8 @@ impl Hub {
     }
 
     /// A ready function that subscribes each stream to the topics `topics`
-    /// picks from its request, resuming from its `Last-Event-ID`.
+    /// picks from its request, resuming from its `Last-Event-ID`. A topic
+    /// picked more than once (`?topic=chat&topic=chat`) counts once.
     ///
     /// A `Last-Event-ID` longer than [`MAX_LAST_EVENT_ID_LEN`] bytes, or not
     /// UTF-8, gets a [`RESET_EVENT`] with empty data, then live events; the
@@ -746,6 +748,17 @@ impl fmt::Debug for Hub {
             .field("subscribers", &self.subscribers())
             .finish_non_exhaustive()
     }
+}
+
+/// The topics, each once, in the order they first appear: a topic listed
+/// twice would be two cursors in one ring, and every event sent twice.
+fn distinct<T: AsRef<str>>(topics: &[T]) -> Vec<&str> {
+    let mut seen = HashSet::with_capacity(topics.len());
+    topics
+        .iter()
+        .map(AsRef::as_ref)
+        .filter(|name| seen.insert(*name))
+        .collect()
 }
 
 /// Tells a stream that its `Last-Event-ID` cannot be resumed; `None` when it

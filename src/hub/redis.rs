@@ -183,6 +183,8 @@ impl Backend {
     }
 
     /// Makes the reader follow `names`, each from the stream's current end.
+    /// `names` has each topic once (the hub deduplicates a subscription's
+    /// topics before anything looks them up).
     async fn follow(&self, hub: &Hub, names: &[&str]) {
         let new: Vec<&str> = {
             let following = self
