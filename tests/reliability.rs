@@ -150,7 +150,8 @@ async fn churn_leaves_no_stream_callback_or_task_behind() {
 }
 
 /// A client that reads nothing: the library's queue stays within its bound.
-async fn slow_reader(buffer: Buffer) -> (u64, usize, u64, usize) {
+/// `waits`: the buffer makes its producer wait (a fixed buffer).
+async fn slow_reader(buffer: Buffer, waits: bool) -> (u64, usize, u64, usize) {
     // Returns: events sent while stalled, max queued bytes, dropped, bound.
     const EVENT: usize = 1024;
     let sent = Arc::new(AtomicU64::new(0));
@@ -175,8 +176,25 @@ async fn slow_reader(buffer: Buffer) -> (u64, usize, u64, usize) {
     let addr = serve(route(layer)).await;
     let (socket, _) = open_raw(addr, "/events").await;
     let sender = sender_rx.await.unwrap();
-    // Socket buffers and hyper's buffer fill first; then only our queue can grow.
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    // Socket buffers and hyper's buffer fill first; then only our queue can
+    // grow. The stall is there once, for 200 ms on end, a fixed buffer's
+    // producer accepted nothing (it waits) or a dropping buffer stayed full
+    // (nothing drains it): a fixed delay is not enough on a busy machine,
+    // where filling the socket's buffers can take over a second.
+    let deadline = Instant::now() + PATIENCE;
+    let (mut stalled_for, mut last_sent) = (0, sent.load(SeqCst));
+    while stalled_for < 20 {
+        assert!(Instant::now() < deadline, "the connection never stalled");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let now_sent = sent.load(SeqCst);
+        let stalled = if waits {
+            now_sent == last_sent
+        } else {
+            sender.queued_events() == sender.capacity()
+        };
+        stalled_for = if stalled { stalled_for + 1 } else { 0 };
+        last_sent = now_sent;
+    }
     let sent_before = sent.load(SeqCst);
     let mut max_queued = 0;
     for _ in 0..30 {
@@ -199,7 +217,7 @@ async fn slow_reader(buffer: Buffer) -> (u64, usize, u64, usize) {
 
 #[tokio::test]
 async fn slow_reader_fixed_buffer_makes_the_producer_wait() {
-    let (sent_while_stalled, queued, dropped, bound) = slow_reader(Buffer::fixed(16)).await;
+    let (sent_while_stalled, queued, dropped, bound) = slow_reader(Buffer::fixed(16), true).await;
     println!(
         "slow reader, fixed(16): queued {queued} B (bound {bound}), sent while stalled {sent_while_stalled}, dropped {dropped}"
     );
@@ -209,7 +227,8 @@ async fn slow_reader_fixed_buffer_makes_the_producer_wait() {
 
 #[tokio::test]
 async fn slow_reader_dropping_buffer_counts_what_it_drops() {
-    let (sent_while_stalled, queued, dropped, bound) = slow_reader(Buffer::dropping(16)).await;
+    let (sent_while_stalled, queued, dropped, bound) =
+        slow_reader(Buffer::dropping(16), false).await;
     println!(
         "slow reader, dropping(16): queued {queued} B (bound {bound}), sent while stalled {sent_while_stalled}, dropped {dropped}"
     );
@@ -219,7 +238,8 @@ async fn slow_reader_dropping_buffer_counts_what_it_drops() {
 
 #[tokio::test]
 async fn slow_reader_sliding_buffer_counts_what_it_drops() {
-    let (sent_while_stalled, queued, dropped, bound) = slow_reader(Buffer::sliding(16)).await;
+    let (sent_while_stalled, queued, dropped, bound) =
+        slow_reader(Buffer::sliding(16), false).await;
     println!(
         "slow reader, sliding(16): queued {queued} B (bound {bound}), sent while stalled {sent_while_stalled}, dropped {dropped}"
     );
