@@ -316,7 +316,7 @@ impl State {
         let span = self.span.as_deref().unwrap_or(&NO_SPAN);
         let polled = {
             let _entered = span.enter();
-            let _producer = ProducerPoll::enter();
+            let _producer = ProducerPoll::enter(&self.queue);
             catch_unwind(AssertUnwindSafe(|| ready.as_mut().poll(&mut cx)))
         };
         match polled {

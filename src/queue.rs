@@ -479,7 +479,7 @@ impl Future for Push<'_> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
-        let coop = if ProducerPoll::active() {
+        let coop = if ProducerPoll::polls(this.queue) {
             None
         } else {
             Some(ready!(crate::sync::poll_proceed(cx)))
@@ -658,31 +658,35 @@ impl Drop for WaitClosed<'_> {
 }
 
 thread_local! {
-    static PRODUCER_POLL: Cell<bool> = const { Cell::new(false) };
+    /// The address of the queue whose body is polling its own producer on
+    /// this thread (0: none).
+    static PRODUCER_POLL: Cell<usize> = const { Cell::new(0) };
 }
 
-/// Marks this thread as polling a body's own producer, until dropped: the
-/// sends that producer makes meanwhile take free room without spending
-/// tokio's budget (see [`Push`]); sends from anywhere else spend it.
+/// Marks this thread as polling the producer of `queue`'s body, until
+/// dropped: that producer's sends to *this* queue take free room without
+/// spending tokio's budget (see [`Push`]); every other send spends it, its
+/// sends to other streams included.
 pub(crate) struct ProducerPoll {
-    outer: bool,
+    outer: usize,
 }
 
 impl ProducerPoll {
-    pub(crate) fn enter() -> Self {
+    pub(crate) fn enter(queue: &Queue) -> Self {
+        let address = std::ptr::from_ref(queue) as usize;
         Self {
-            outer: PRODUCER_POLL.with(|active| active.replace(true)),
+            outer: PRODUCER_POLL.with(|polled| polled.replace(address)),
         }
     }
 
-    fn active() -> bool {
-        PRODUCER_POLL.with(Cell::get)
+    fn polls(queue: &Queue) -> bool {
+        PRODUCER_POLL.with(Cell::get) == std::ptr::from_ref(queue) as usize
     }
 }
 
 impl Drop for ProducerPoll {
     fn drop(&mut self) {
-        PRODUCER_POLL.with(|active| active.set(self.outer));
+        PRODUCER_POLL.with(|polled| polled.set(self.outer));
     }
 }
 

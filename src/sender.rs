@@ -129,7 +129,10 @@ impl EventSender {
     /// # }
     /// ```
     pub fn blocking_send(&self, event: impl Into<Event>) -> Result<(), SendError> {
-        futures::executor::block_on(self.send(event))
+        // Outside tokio's budget: called (against the advice above) from a
+        // task whose budget is spent, a budgeted send could only yield, and
+        // `block_on` would poll it again forever.
+        futures::executor::block_on(tokio::task::coop::unconstrained(self.send(event)))
     }
 
     /// Stops the stream for every sender: queued events are still delivered,

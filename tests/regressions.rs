@@ -432,6 +432,13 @@ async fn a_head_request_opens_no_stream() {
         content_type.starts_with("text/event-stream"),
         "{content_type}"
     );
+    // The head a GET would get: a stream has no length.
+    assert_eq!(
+        head.headers().get("content-length"),
+        None,
+        "{:?}",
+        head.headers()
+    );
     assert!(head.bytes().await.unwrap().is_empty());
     tokio::time::sleep(Duration::from_millis(200)).await;
     let reasons: Vec<_> = ends.lock().unwrap().iter().map(|(r, _)| *r).collect();
@@ -512,4 +519,114 @@ async fn a_panicking_helper_task_ends_a_fixed_buffer_stream_promptly() {
 #[tokio::test]
 async fn a_panicking_helper_task_ends_a_sliding_buffer_stream_promptly() {
     a_panicking_helper_ends_the_stream(Buffer::sliding(10)).await;
+}
+
+/// A started stream and its sender (the ready function hands it out); the
+/// body is polled once so that the ready function runs.
+fn stream_and_sender(buffer: Buffer) -> (std::pin::Pin<Box<tower_sse::EventStream>>, EventSender) {
+    use http_body::Body as _;
+    let (tx, rx) = std_mpsc::channel();
+    let tx = Mutex::new(tx);
+    let ready = move |events: EventSender, _ctx: StreamContext| {
+        tx.lock().unwrap().send(events).unwrap();
+        async {}
+    };
+    let mut body = Box::pin(
+        start_stream(
+            ready,
+            StreamContext::from_request(&http::Request::new(())),
+            Duration::ZERO,
+            buffer,
+        )
+        .into_http()
+        .into_body(),
+    );
+    let mut cx = std::task::Context::from_waker(futures::task::noop_waker_ref());
+    let _ = body.as_mut().poll_frame(&mut cx);
+    let sender = rx.recv_timeout(PATIENCE).unwrap();
+    (body, sender)
+}
+
+/// Runs `work` on a runtime of its own thread; `Err` if it did not finish in time.
+fn finishes_in_time(work: impl FnOnce() + Send + 'static) -> Result<(), String> {
+    let (done_tx, done_rx) = std_mpsc::channel();
+    std::thread::spawn(move || {
+        work();
+        let _ = done_tx.send(());
+    });
+    done_rx
+        .recv_timeout(Duration::from_secs(5))
+        .map_err(|_| "did not finish in 5 s".to_owned())
+}
+
+/// `blocking_send` into a dropping or sliding buffer from inside a task (a
+/// sync helper called from async code): once `send` spent tokio's budget,
+/// `block_on` polled a future that could only yield, forever.
+#[test]
+fn blocking_send_inside_a_task_never_livelocks() {
+    for buffer in [Buffer::sliding(4), Buffer::dropping(4)] {
+        let name = format!("{buffer:?}");
+        let sent = Arc::new(AtomicUsize::new(0));
+        let counted = sent.clone();
+        let outcome = finishes_in_time(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async move {
+                let (_body, sender) = stream_and_sender(buffer);
+                tokio::spawn(async move {
+                    for _ in 0..1000 {
+                        sender.blocking_send("x").unwrap();
+                        counted.fetch_add(1, SeqCst);
+                    }
+                })
+                .await
+                .unwrap();
+            });
+        });
+        let sent = sent.load(SeqCst);
+        assert!(
+            outcome.is_ok(),
+            "{name}: blocking_send livelocked after {sent} of 1000"
+        );
+    }
+}
+
+/// A body-polled ready function that sends into *another* stream's sliding
+/// buffer in a loop: those sends must spend tokio's budget (only sends to
+/// the body's own queue skip it), or the body's poll never returns.
+#[test]
+fn a_body_polled_producer_sending_elsewhere_still_yields() {
+    let outcome = finishes_in_time(|| {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            use http_body::Body as _;
+            let (_other_body, other) = stream_and_sender(Buffer::sliding(4));
+            let spin = move |_events: EventSender, _ctx: StreamContext| {
+                let other = other.clone();
+                async move { while other.send("x").await.is_ok() {} }
+            };
+            let mut body = Box::pin(
+                start_stream(
+                    spin,
+                    StreamContext::from_request(&http::Request::new(())),
+                    Duration::ZERO,
+                    Buffer::fixed(4),
+                )
+                .into_http()
+                .into_body(),
+            );
+            // The poll that runs the spinning ready function must come back.
+            let mut cx = std::task::Context::from_waker(futures::task::noop_waker_ref());
+            let _ = body.as_mut().poll_frame(&mut cx);
+        });
+    });
+    assert!(
+        outcome.is_ok(),
+        "the body's poll never returned: {outcome:?}"
+    );
 }

@@ -1,7 +1,7 @@
 //! Model checks of the queue (see `src/sync.rs`): loom runs every model
-//! below under each interleaving of its threads, up to a preemption bound
-//! per model (chosen to keep each to seconds), which `LOOM_MAX_PREEMPTIONS`
-//! overrides.
+//! below under each interleaving of its threads, the larger ones up to a
+//! preemption bound chosen to keep each to seconds (`LOOM_MAX_PREEMPTIONS`
+//! overrides it).
 //!
 //! Senders are loom threads driving `push` with [`block_on`], whose waker
 //! unparks the loom thread: a lost wake-up leaves a thread parked for ever,
@@ -69,11 +69,12 @@ fn event((sender, seq): Tag) -> Bytes {
 }
 
 /// Runs `model` under every interleaving with at most `preemptions`
-/// preemptions (unless `LOOM_MAX_PREEMPTIONS` is set).
-fn check(preemptions: usize, model: impl Fn() + Sync + Send + 'static) {
+/// preemptions (`None`: every interleaving), unless `LOOM_MAX_PREEMPTIONS`
+/// is set.
+fn check(preemptions: Option<usize>, model: impl Fn() + Sync + Send + 'static) {
     let mut builder = Builder::new();
     if builder.preemption_bound.is_none() {
-        builder.preemption_bound = Some(preemptions);
+        builder.preemption_bound = preemptions;
     }
     builder.check(model);
 }
@@ -160,7 +161,7 @@ fn accepted(sender: u8, results: &[Result<(), Rejected>]) -> Vec<Tag> {
 /// exactly once, in each sender's order, never more than `capacity` queued,
 /// nobody misses a wake-up, and all the room is free again at the end.
 fn fixed_buffer_model(capacity: usize, preemptions: usize) {
-    check(preemptions, move || {
+    check(Some(preemptions), move || {
         let queue = Arc::new(Queue::new(Policy::Wait, capacity));
         queue.add_sender();
         let senders = [spawn_sender(&queue, 0, 2), spawn_sender(&queue, 1, 2)];
@@ -193,7 +194,7 @@ fn fixed_buffer_of_two_delivers_every_event_in_order() {
 /// queued, and all the room is free again at the end.
 #[test]
 fn try_push_and_push_share_a_fixed_buffer() {
-    check(2, || {
+    check(Some(2), || {
         let queue = Arc::new(Queue::new(Policy::Wait, 1));
         queue.add_sender();
         let trying = {
@@ -228,7 +229,7 @@ fn try_push_and_push_share_a_fixed_buffer() {
 /// the cancelled event is never delivered.
 #[test]
 fn a_cancelled_send_passes_its_slot_on() {
-    check(4, || {
+    check(Some(4), || {
         let queue = Arc::new(Queue::new(Policy::Wait, 1));
         queue.try_push(event((0, 0))).unwrap();
         // Full: this send waits, first in line.
@@ -256,7 +257,7 @@ fn a_cancelled_send_passes_its_slot_on() {
 /// its slot, and a newcomer (`try_push`) never takes one meanwhile.
 #[test]
 fn a_drain_grants_every_waiting_send_before_a_newcomer() {
-    check(3, || {
+    check(None, || {
         let queue = Arc::new(Queue::new(Policy::Wait, 5));
         for seq in 0..5 {
             queue.try_push(event((0, seq))).unwrap();
@@ -296,7 +297,7 @@ fn a_drain_grants_every_waiting_send_before_a_newcomer() {
 /// delivered; the body completes and a `closed()` waiter is woken.
 #[test]
 fn close_while_a_send_waits() {
-    check(3, || {
+    check(Some(3), || {
         let queue = Arc::new(Queue::new(Policy::Wait, 1));
         queue.try_push(event((0, 0))).unwrap();
         // Full: this send waits until the body takes the first event.
@@ -330,7 +331,7 @@ fn close_while_a_send_waits() {
 /// then on), `closed()` resolves, and only accepted events were delivered.
 #[test]
 fn dropping_the_body_ends_every_send() {
-    check(3, || {
+    check(Some(3), || {
         let queue = Arc::new(Queue::new(Policy::Wait, 1));
         queue.add_sender();
         let first = spawn_sender(&queue, 1, 2);
@@ -367,7 +368,7 @@ fn dropping_the_body_ends_every_send() {
 /// event sent is either delivered or counted dropped, and what is delivered
 /// keeps each sender's order, without duplicates.
 fn dropping_model(policy: Policy) {
-    check(3, move || {
+    check(Some(3), move || {
         let queue = Arc::new(Queue::new(policy, 1));
         queue.add_sender();
         let senders = [0, 1].map(|sender| {
@@ -419,7 +420,7 @@ fn sliding_buffer_never_waits_and_counts_what_it_drops() {
 /// was accepted and ends with `Panicked`; sends from then on are refused.
 #[test]
 fn a_panic_ends_the_stream_after_what_was_accepted() {
-    check(3, || {
+    check(Some(3), || {
         let queue = Arc::new(Queue::new(Policy::Wait, 1));
         queue.add_sender();
         let sender = spawn_sender(&queue, 1, 2);
@@ -451,7 +452,7 @@ fn a_panic_ends_the_stream_after_what_was_accepted() {
 /// that store (tokio-rs/loom#254, #389), a false alarm unrelated to the queue.
 #[test]
 fn a_producer_wake_is_never_lost() {
-    check(5, || {
+    check(None, || {
         let queue = Arc::new(Queue::new(Policy::Wait, 1));
         // The initial flag: the body's first poll polls the producer.
         assert!(queue.take_producer_wake());
