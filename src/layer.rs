@@ -244,9 +244,19 @@ impl SseLayer {
     /// that stops reading is noticed once the kernel's buffers are full
     /// (a few hundred KiB to a few MiB), then within `timeout`. A graceful
     /// shutdown no longer waits for such a client: its stream ends within
-    /// `timeout` of the signal. It cannot see an HTTP/2 stream whose own
-    /// flow-control window the client keeps shut while the connection is
-    /// otherwise read: hyper then holds a frame without polling the body.
+    /// `timeout` of the signal.
+    ///
+    /// What it cannot see, because hyper then stops polling the body:
+    /// - on HTTP/2, a stream whose next frame hyper holds back for want of
+    ///   flow-control room, which happens when the client stops granting
+    ///   room just as the stream's previous frame was written. With one
+    ///   stream per connection that is rare; on a connection shared by
+    ///   several streams whose client stops reading, about half of them
+    ///   were left open in a test (the others were evicted);
+    /// - on HTTP/1, a connection whose IO does not do vectored writes (some
+    ///   TLS wrappers): hyper copies each frame into its own buffer, so a
+    ///   frame counts as written before it reaches the socket. A plain
+    ///   `TcpStream` (what `axum::serve` uses) does vectored writes.
     ///
     /// ```
     /// use std::time::Duration;

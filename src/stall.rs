@@ -9,6 +9,11 @@
 //! hyper's buffer never fills, so it keeps polling the body at each wake-up,
 //! the body's timer included: a frame still out after the timeout is a
 //! stall, and the body fails with [`StreamError::Stalled`](crate::StreamError).
+//!
+//! Its blind spots are where hyper stops polling anyway: an HTTP/2 frame
+//! that hyper holds back for flow-control room before giving it to h2, and
+//! HTTP/1 over an IO without vectored writes, where hyper copies (and so
+//! releases) each frame into its own buffer (see `SseLayer::stall_timeout`).
 
 use std::{
     sync::{
