@@ -94,20 +94,25 @@ fn assert_evicted_in_time(stopped: Instant, ended: Instant, what: &str) {
     );
 }
 
+/// Serves `app`, stalls a raw HTTP/1.1 client on it, and expects the
+/// stream evicted in time, counted, and the connection closed.
+async fn expect_http1_eviction(app: Router, ends: &Ends, stats: &tower_sse::SseStats, what: &str) {
+    let stream = small_window_client(serve(app).await).await;
+    let stopped = Instant::now();
+    let (reason, ended) = wait_for_end(ends).await;
+    assert_eq!(reason, DisconnectReason::Stalled);
+    assert_evicted_in_time(stopped, ended, what);
+    assert_eq!(stats.streams_stalled(), 1);
+    drains_to_the_end(stream).await;
+}
+
 #[tokio::test]
 async fn a_stalled_http1_client_is_evicted() {
     let ends = Ends::default();
     let layer = stalling_layer(&ends);
     let stats = layer.stats();
-    let addr = serve(Router::new().route("/events", get(|| async {}).layer(layer))).await;
-
-    let stream = small_window_client(addr).await;
-    let stopped = Instant::now();
-    let (reason, ended) = wait_for_end(&ends).await;
-    assert_eq!(reason, DisconnectReason::Stalled);
-    assert_evicted_in_time(stopped, ended, "HTTP/1.1");
-    assert_eq!(stats.streams_stalled(), 1);
-    drains_to_the_end(stream).await;
+    let app = Router::new().route("/events", get(|| async {}).layer(layer));
+    expect_http1_eviction(app, &ends, &stats, "HTTP/1.1").await;
 }
 
 #[tokio::test]
@@ -173,14 +178,8 @@ async fn start_stream_takes_a_stall_timeout_too() {
                 })
         }
     };
-    let addr = serve(Router::new().route("/events", get(handler))).await;
-    let stream = small_window_client(addr).await;
-    let stopped = Instant::now();
-    let (reason, ended) = wait_for_end(&ends).await;
-    assert_eq!(reason, DisconnectReason::Stalled);
-    assert_evicted_in_time(stopped, ended, "start_stream, HTTP/1.1");
-    assert_eq!(stats.streams_stalled(), 1);
-    drains_to_the_end(stream).await;
+    let app = Router::new().route("/events", get(handler));
+    expect_http1_eviction(app, &ends, &stats, "start_stream, HTTP/1.1").await;
 }
 
 #[tokio::test]
