@@ -1,6 +1,7 @@
 //! The synchronisation the per-stream queue is built on: std's, or loom's
 //! when the crate is built for model checking
-//! (`RUSTFLAGS="--cfg tower_sse_loom" cargo test --lib --release loom`).
+//! (`RUSTFLAGS="--cfg tower_sse_loom" CARGO_TARGET_DIR=target/loom cargo test --lib --release loom`,
+//! a target directory of its own, since the flag rebuilds every dependency).
 
 #[cfg(tower_sse_loom)]
 pub(crate) use loom::sync::{
