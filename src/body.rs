@@ -28,6 +28,8 @@ use crate::{
     buffer::Policy,
     event::HEARTBEAT,
     frame::FrameBuilder,
+    hub::Lagged,
+    hub::Subscription,
     queue::{Ended, ProducerPoll, Queue},
     sender::EventSender,
     stall::{Out, StallWatch},
@@ -57,6 +59,10 @@ pub enum DisconnectReason {
     /// body ended with [`StreamError::Stalled`], so the connection was
     /// closed (HTTP/1) or the stream reset (HTTP/2).
     Stalled,
+    /// A hub stream fell behind its topics' history under
+    /// [`LagPolicy::Close`](crate::LagPolicy::Close): the body ended cleanly
+    /// and the client reconnects, resuming from `Last-Event-ID`.
+    Lagged,
 }
 
 /// Why an event stream's body failed. The connection is closed (HTTP/1) or
@@ -162,9 +168,8 @@ pin_project! {
 
 /// Everything of a stream but its timer (which is pinned).
 struct State {
-    queue: Arc<Queue>,
+    source: Source,
     config: Arc<StreamConfig>,
-    producer: Producer,
     /// Kept for the disconnect callback only; otherwise handed to the ready
     /// function, so that a context nobody keeps costs nothing.
     ctx: Option<StreamContext>,
@@ -177,6 +182,20 @@ struct State {
     events: u64,
     bytes: u64,
     phase: Phase,
+}
+
+/// Where a stream's events come from.
+enum Source {
+    /// The per-stream queue the ready function's senders feed.
+    Queue {
+        queue: Arc<Queue>,
+        producer: Producer,
+    },
+    /// A hub's topics, read by the body itself.
+    Hub {
+        subscription: Box<Subscription>,
+        started: bool,
+    },
 }
 
 /// Where the application's ready function is.
@@ -209,16 +228,32 @@ const MAX_REFILLS: usize = 256;
 static NO_SPAN: tracing::Span = tracing::Span::none();
 
 impl EventStream {
-    pub(crate) fn new(config: Arc<StreamConfig>, ctx: StreamContext) -> Self {
+    pub(crate) fn new(
+        config: Arc<StreamConfig>,
+        ctx: StreamContext,
+        subscription: Option<Subscription>,
+    ) -> Self {
         // A HEAD request gets the stream's headers and no body: no stream
         // starts, so nothing is counted, called or called back.
         let head = ctx.method() == Method::HEAD;
-        let (policy, capacity) = if head {
+        let (policy, capacity) = if head || subscription.is_some() {
             (Policy::Wait, 1)
         } else {
             config.buffer.resolve()
         };
-        let queue = Arc::new(Queue::new(policy, capacity));
+        let source = match subscription {
+            Some(subscription) => Source::Hub {
+                subscription: Box::new(subscription),
+                started: false,
+            },
+            None => {
+                let queue = Arc::new(Queue::new(policy, capacity));
+                Source::Queue {
+                    producer: Producer::Waiting(EventSender::new(queue.clone())),
+                    queue,
+                }
+            }
+        };
         let span = if head {
             tracing::Span::none()
         } else {
@@ -229,8 +264,7 @@ impl EventStream {
             stats::stream_opened(config.stats.as_ref());
         }
         let state = State {
-            producer: Producer::Waiting(EventSender::new(queue.clone())),
-            queue,
+            source,
             ctx: Some(ctx),
             shutdown: config
                 .shutdown
@@ -261,11 +295,27 @@ impl State {
     /// Calls the ready function and arms the heartbeat, inside the runtime
     /// that first polls the body.
     fn start(&mut self, mut timer: Pin<&mut Option<Sleep>>) {
-        if !matches!(self.producer, Producer::Waiting(_)) {
+        let Source::Queue { queue, producer } = &mut self.source else {
+            let Source::Hub { started, .. } = &mut self.source else {
+                return;
+            };
+            if std::mem::replace(started, true) {
+                return;
+            }
+            // A hub stream: nothing to call; the context is for the callback only.
+            if self.config.on_disconnect.is_none() {
+                self.ctx = None;
+            }
+            if let Some(delay) = self.config.heartbeat().or(self.config.stall_timeout) {
+                timer.set(Some(tokio::time::sleep(delay)));
+            }
+            return;
+        };
+        if !matches!(producer, Producer::Waiting(_)) {
             return;
         }
-        let Producer::Waiting(sender) = std::mem::replace(&mut self.producer, Producer::Done)
-        else {
+        let queue = queue.clone();
+        let Producer::Waiting(sender) = std::mem::replace(producer, Producer::Done) else {
             return;
         };
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
@@ -284,16 +334,19 @@ impl State {
             Ok(ready) => ready,
             Err(_) => {
                 tracing::error!(parent: self.span(), "the ready function panicked");
-                self.queue.mark_panicked();
+                queue.mark_panicked();
                 return;
             }
         };
-        self.producer = if self.queue.policy() == Policy::Wait && !self.config.spawn_ready {
+        let started = if queue.policy() == Policy::Wait && !self.config.spawn_ready {
             Producer::Polled(Mutex::new(ready))
         } else {
             let task = runtime.spawn(ready.instrument(self.span().clone()));
             Producer::Spawned(task.abort_handle())
         };
+        if let Source::Queue { producer, .. } = &mut self.source {
+            *producer = started;
+        }
         if let Some(delay) = self.config.heartbeat().or(self.config.stall_timeout) {
             timer.set(Some(tokio::time::sleep(delay)));
         }
@@ -302,29 +355,32 @@ impl State {
     /// Polls a body-polled ready function if it was woken since its last
     /// poll; `true` if it was polled.
     fn poll_producer(&mut self) -> bool {
+        let Source::Queue { queue, producer } = &mut self.source else {
+            return false;
+        };
         // Cleared whatever the producer: a stale wake-up must not spin the body.
-        if !self.queue.take_producer_wake() {
+        if !queue.take_producer_wake() {
             return false;
         }
-        let Producer::Polled(ready) = &mut self.producer else {
+        let Producer::Polled(ready) = producer else {
             return false;
         };
         let ready = ready.get_mut().unwrap_or_else(PoisonError::into_inner);
         // The queue is the producer's waker: a wake-up flags it and wakes the body.
-        let waker = Waker::from(self.queue.clone());
+        let waker = Waker::from(queue.clone());
         let mut cx = Context::from_waker(&waker);
         let span = self.span.as_deref().unwrap_or(&NO_SPAN);
         let polled = {
             let _entered = span.enter();
-            let _producer = ProducerPoll::enter(&self.queue);
+            let _producer = ProducerPoll::enter(queue);
             catch_unwind(AssertUnwindSafe(|| ready.as_mut().poll(&mut cx)))
         };
         match polled {
             Ok(Poll::Pending) => return true,
             Ok(Poll::Ready(())) => {}
             Err(_) => {
-                tracing::error!(parent: self.span(), "the ready function panicked");
-                self.queue.mark_panicked();
+                tracing::error!(parent: span, "the ready function panicked");
+                queue.mark_panicked();
             }
         }
         self.stop_producer();
@@ -333,7 +389,10 @@ impl State {
 
     /// Drops or aborts the ready function (dropping its senders).
     fn stop_producer(&mut self) {
-        match std::mem::replace(&mut self.producer, Producer::Done) {
+        let Source::Queue { producer, .. } = &mut self.source else {
+            return;
+        };
+        match std::mem::replace(producer, Producer::Done) {
             Producer::Polled(ready) => {
                 // Its destructors may run inside hyper's task or a `Drop`: never unwind there.
                 if catch_unwind(AssertUnwindSafe(move || drop(ready))).is_err() {
@@ -364,12 +423,36 @@ impl State {
     /// function, what it queues as the buffer drains, never waiting for more.
     fn poll_events(&mut self, cx: &mut Context<'_>) -> Poll<Result<Bytes, Ended>> {
         let mut frame = FrameBuilder::default();
+        if let Source::Hub { subscription, .. } = &mut self.source {
+            if self.phase != Phase::Streaming {
+                // Shutting down: a hub stream has nothing queued.
+                return Poll::Ready(Err(Ended::Completed));
+            }
+            let mut read = Vec::new();
+            match subscription.poll_read(cx, usize::MAX, &mut read) {
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(Lagged)) => return Poll::Ready(Err(Ended::Lagged)),
+                Poll::Pending => return Poll::Pending,
+            }
+            let mut rest: usize = read.iter().map(Bytes::len).sum();
+            for bytes in read {
+                rest -= bytes.len();
+                if bytes.as_ref() != HEARTBEAT {
+                    self.events += 1;
+                }
+                frame.push(bytes, rest);
+            }
+            return Poll::Ready(Ok(frame.take()));
+        }
         for _ in 0..MAX_REFILLS {
             let polled = self.poll_producer();
-            match self.queue.poll_recv(cx, HEARTBEAT, &mut frame) {
+            let Source::Queue { queue, .. } = &self.source else {
+                break;
+            };
+            match queue.poll_recv(cx, HEARTBEAT, &mut frame) {
                 Poll::Ready(Ok(taken)) => {
                     self.events += taken as u64;
-                    if frame.is_full() || !self.queue.producer_woken() {
+                    if frame.is_full() || !queue.producer_woken() {
                         break;
                     }
                     if taken == 0 && polled {
@@ -395,13 +478,23 @@ impl State {
             return;
         }
         self.phase = Phase::Finished;
-        self.queue.close_receiver();
+        let dropped = match &self.source {
+            Source::Queue { queue, .. } => {
+                queue.close_receiver();
+                queue.dropped()
+            }
+            Source::Hub { .. } => 0,
+        };
         self.stop_producer();
+        if let Source::Hub { subscription, .. } = &mut self.source {
+            // Leaves the topics now, not when the body is dropped.
+            subscription.close();
+        }
         self.shutdown = None;
         let totals = StreamTotals {
             events: self.events,
             bytes: self.bytes,
-            dropped: self.queue.dropped(),
+            dropped,
             stalled: reason == DisconnectReason::Stalled,
         };
         stats::stream_closed(self.config.stats.as_ref(), totals);
@@ -442,7 +535,9 @@ impl Body for EventStream {
                 // Accept nothing more; what is queued still goes out, then the shutdown event.
                 state.shutdown = None;
                 state.phase = Phase::ShuttingDown { event_sent: false };
-                state.queue.close();
+                if let Source::Queue { queue, .. } = &state.source {
+                    queue.close();
+                }
                 tracing::debug!(parent: state.span(), "server shutting down: ending the stream");
             }
         }
@@ -489,6 +584,7 @@ impl Body for EventStream {
                         _ if phase != Phase::Streaming => DisconnectReason::Shutdown,
                         Ended::Completed => DisconnectReason::Completed,
                         Ended::Panicked => DisconnectReason::Panicked,
+                        Ended::Lagged => DisconnectReason::Lagged,
                     });
                     this.timer.set(None);
                     return Poll::Ready(None);

@@ -18,6 +18,7 @@ use tower::{Layer, Service};
 
 use crate::{
     Buffer, DisconnectReason, Event, EventSender, EventStream, SseStats, StreamContext,
+    hub::{HubSource, Refusal, Selected},
     stream::{DEFAULT_BUFFER, DEFAULT_HEARTBEAT, StreamConfig, set_stream_headers, starts_stream},
 };
 
@@ -127,6 +128,13 @@ impl SseLayer {
         Self {
             config: Arc::new(config),
         }
+    }
+
+    /// A layer serving a hub's streams (see [`Hub::layer`](crate::Hub::layer)).
+    pub(crate) fn for_hub(source: HubSource) -> Self {
+        let mut layer = Self::new(|_events: EventSender, _ctx: StreamContext| async {});
+        Arc::make_mut(&mut layer.config).hub = Some(source);
+        layer
     }
 
     /// Sends a heartbeat comment after each `delay` of silence; `Duration::ZERO`
@@ -330,9 +338,36 @@ where
 
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
         let ctx = StreamContext::from_request(&request);
+        let selected = match &self.config.hub {
+            None => None,
+            Some(source) => {
+                let (parts, body) = request.into_parts();
+                match source.select(&parts) {
+                    Ok(selected) => {
+                        let request = Request::from_parts(parts, body);
+                        return ResponseFuture {
+                            kind: FutureKind::Inner {
+                                inner: self.inner.call(request),
+                            },
+                            stream: Some((self.config.clone(), ctx, Some(selected))),
+                        };
+                    }
+                    Err(refusal) => {
+                        return ResponseFuture {
+                            kind: FutureKind::Refused {
+                                refusal: Some(refusal),
+                            },
+                            stream: None,
+                        };
+                    }
+                }
+            }
+        };
         ResponseFuture {
-            inner: self.inner.call(request),
-            stream: Some((self.config.clone(), ctx)),
+            kind: FutureKind::Inner {
+                inner: self.inner.call(request),
+            },
+            stream: Some((self.config.clone(), ctx, selected)),
         }
     }
 }
@@ -341,16 +376,27 @@ pin_project! {
     /// The response future of [`SseService`].
     pub struct ResponseFuture<F> {
         #[pin]
-        inner: F,
-        stream: Option<(Arc<StreamConfig>, StreamContext)>,
+        kind: FutureKind<F>,
+        stream: Option<(Arc<StreamConfig>, StreamContext, Option<Selected>)>,
+    }
+}
+
+pin_project! {
+    #[project = FutureKindProj]
+    enum FutureKind<F> {
+        Inner { #[pin] inner: F },
+        /// A hub layer refused the request: the handler is not called.
+        Refused { refusal: Option<Refusal> },
     }
 }
 
 impl<F: fmt::Debug> fmt::Debug for ResponseFuture<F> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ResponseFuture")
-            .field("inner", &self.inner)
-            .finish_non_exhaustive()
+        let mut debug = f.debug_struct("ResponseFuture");
+        if let FutureKind::Inner { inner } = &self.kind {
+            debug.field("inner", inner);
+        }
+        debug.finish_non_exhaustive()
     }
 }
 
@@ -362,17 +408,37 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        let response = ready!(this.inner.poll(cx))?;
-        let Some((config, ctx)) = this.stream.take() else {
+        let response = match this.kind.project() {
+            FutureKindProj::Inner { inner } => ready!(inner.poll(cx))?,
+            FutureKindProj::Refused { refusal } => {
+                let refusal = refusal
+                    .take()
+                    .unwrap_or_else(|| Refusal::from(http::StatusCode::INTERNAL_SERVER_ERROR));
+                return Poll::Ready(Ok(refusal.into_response().map(ResponseBody::full)));
+            }
+        };
+        let Some((config, ctx, selected)) = this.stream.take() else {
             // Polled again after completion: a caller bug; answer as if passed through.
             return Poll::Ready(Ok(response.map(ResponseBody::passthrough)));
         };
         if !starts_stream(response.status()) {
             return Poll::Ready(Ok(response.map(ResponseBody::passthrough)));
         }
+        // A HEAD request opens no stream, and so takes no place in the hub.
+        let subscription = match (&config.hub, selected) {
+            (Some(source), Some(selected)) if ctx.method() != http::Method::HEAD => {
+                match source.subscribe(selected) {
+                    Ok(subscription) => Some(subscription),
+                    Err(refusal) => {
+                        return Poll::Ready(Ok(refusal.into_response().map(ResponseBody::full)));
+                    }
+                }
+            }
+            _ => None,
+        };
         let (mut parts, _handler_body) = response.into_parts();
         set_stream_headers(&mut parts.headers, ctx.version());
-        let stream = EventStream::new(config, ctx);
+        let stream = EventStream::new(config, ctx, subscription);
         Poll::Ready(Ok(Response::from_parts(
             parts,
             ResponseBody::stream(stream),
@@ -394,6 +460,8 @@ pin_project! {
     enum Kind<B> {
         Passthrough { #[pin] body: B },
         Stream { #[pin] stream: EventStream },
+        /// A refusal's text.
+        Full { bytes: Option<Bytes> },
     }
 }
 
@@ -409,6 +477,14 @@ impl<B> ResponseBody<B> {
             kind: Kind::Stream { stream },
         }
     }
+
+    fn full(bytes: Bytes) -> Self {
+        Self {
+            kind: Kind::Full {
+                bytes: Some(bytes).filter(|b| !b.is_empty()),
+            },
+        }
+    }
 }
 
 impl<B: fmt::Debug> fmt::Debug for ResponseBody<B> {
@@ -416,6 +492,7 @@ impl<B: fmt::Debug> fmt::Debug for ResponseBody<B> {
         match &self.kind {
             Kind::Passthrough { body } => f.debug_tuple("Passthrough").field(body).finish(),
             Kind::Stream { stream } => f.debug_tuple("Stream").field(stream).finish(),
+            Kind::Full { bytes } => f.debug_tuple("Full").field(bytes).finish(),
         }
     }
 }
@@ -439,6 +516,7 @@ where
         match self.project().kind.project() {
             KindProj::Passthrough { body } => body.poll_frame(cx).map_err(Into::into),
             KindProj::Stream { stream } => stream.poll_frame(cx).map_err(Into::into),
+            KindProj::Full { bytes } => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
         }
     }
 
@@ -446,6 +524,7 @@ where
         match &self.kind {
             Kind::Passthrough { body } => body.is_end_stream(),
             Kind::Stream { stream } => stream.is_end_stream(),
+            Kind::Full { bytes } => bytes.is_none(),
         }
     }
 
@@ -453,6 +532,9 @@ where
         match &self.kind {
             Kind::Passthrough { body } => body.size_hint(),
             Kind::Stream { .. } => SizeHint::default(),
+            Kind::Full { bytes } => {
+                SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
+            }
         }
     }
 }

@@ -98,6 +98,7 @@ pub use event::{
 };
 pub use hub::{
     Hub, HubBuilder, LAGGED_EVENT, LagPolicy, MAX_LAST_EVENT_ID_LEN, PublishError, RESET_EVENT,
+    Refusal,
 };
 #[allow(deprecated)]
 pub use layer::{

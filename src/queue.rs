@@ -81,6 +81,8 @@ pub(crate) enum Rejected {
 pub(crate) enum Ended {
     Completed,
     Panicked,
+    /// A hub stream fell behind under `LagPolicy::Close` (never from a queue).
+    Lagged,
 }
 
 /// What an accepted event displaced, to be dealt with after the lock.

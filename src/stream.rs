@@ -13,7 +13,8 @@ use http::{
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    Buffer, DisconnectReason, Event, EventSender, EventStream, StreamContext, stats::SseStats,
+    Buffer, DisconnectReason, Event, EventSender, EventStream, StreamContext, hub::HubSource,
+    stats::SseStats,
 };
 
 pub(crate) type ReadyFn =
@@ -38,6 +39,8 @@ pub(crate) struct StreamConfig {
     /// Run the ready function as a task of its own, whatever the buffer.
     pub(crate) spawn_ready: bool,
     pub(crate) stall_timeout: Option<Duration>,
+    /// Streams read a hub's topics instead of calling `ready`.
+    pub(crate) hub: Option<HubSource>,
 }
 
 impl StreamConfig {
@@ -56,6 +59,7 @@ impl StreamConfig {
             stats: None,
             spawn_ready: false,
             stall_timeout: None,
+            hub: None,
         }
     }
 
@@ -205,7 +209,8 @@ impl SseResponse {
     /// The response as a plain `http::Response`, for servers other than axum.
     pub fn into_http(self) -> http::Response<EventStream> {
         let version = self.ctx.version();
-        let mut response = http::Response::new(EventStream::new(Arc::new(self.config), self.ctx));
+        let mut response =
+            http::Response::new(EventStream::new(Arc::new(self.config), self.ctx, None));
         set_stream_headers(response.headers_mut(), version);
         response
     }

@@ -94,7 +94,13 @@ async fn a_spawned_ready_function_fills_the_buffer_while_the_client_waits() {
         // Only the response head is read; the body is never asked for.
         let response = fetch(serve(app).await, "/events").await;
         let sender = rx.await.unwrap();
+        // The connection drains the buffer until the socket's buffers are
+        // full: give it until then (bounded), then look.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
         tokio::time::sleep(Duration::from_millis(200)).await;
+        while spawn && sender.queued_events() < 8 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         let queued = sender.queued_events();
         println!("spawn_ready {spawn}: {queued} events queued while the client waits");
         if spawn {

@@ -9,26 +9,30 @@
 //! `publish` never waits for a slow client.
 
 use std::{
-    collections::{HashMap, HashSet, VecDeque},
+    cmp::Reverse,
+    collections::{BinaryHeap, HashMap, HashSet},
     fmt,
-    pin::Pin,
     sync::{
-        Arc, PoisonError, RwLock,
-        atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed},
+        Arc, Mutex, MutexGuard, PoisonError,
+        atomic::{AtomicU64, AtomicUsize, Ordering},
     },
     time::Duration,
 };
 
-use bytes::Bytes;
-use futures::future::BoxFuture;
-use tokio::{sync::Notify, time::Instant};
+use tokio::time::Instant;
 
 use crate::{Event, EventError, EventSender, LAST_EVENT_ID, StreamContext};
 
+mod layer;
 #[cfg(feature = "redis")]
 mod redis;
-#[cfg(feature = "redis")]
-use self::redis::StreamId;
+mod subscription;
+mod topic;
+
+pub use self::layer::Refusal;
+pub(crate) use self::layer::{HubSource, Selected};
+pub(crate) use self::subscription::{Lagged, Subscription};
+use self::topic::{Entry, Key, Topic};
 
 /// The event type a stream receives when its `Last-Event-ID` cannot be
 /// resumed from: older than the history holds, unknown, or unusable (longer
@@ -98,6 +102,9 @@ pub enum PublishError {
     Invalid(EventError),
     /// The backend (Redis) could not store the event; it was not published.
     Unavailable(Box<dyn std::error::Error + Send + Sync>),
+    /// The topic is new and the hub already holds
+    /// [`max_topics`](HubBuilder::max_topics) topics.
+    TooManyTopics(usize),
 }
 
 impl fmt::Display for PublishError {
@@ -105,6 +112,12 @@ impl fmt::Display for PublishError {
         match self {
             Self::Invalid(err) => write!(f, "invalid event: {err}"),
             Self::Unavailable(err) => write!(f, "event not published: {err}"),
+            Self::TooManyTopics(max) => {
+                write!(
+                    f,
+                    "event not published: the hub holds its maximum of {max} topics"
+                )
+            }
         }
     }
 }
@@ -114,24 +127,37 @@ impl std::error::Error for PublishError {
         match self {
             Self::Invalid(err) => Some(err),
             Self::Unavailable(err) => Some(err.as_ref()),
+            Self::TooManyTopics(_) => None,
         }
     }
 }
+
+/// A stream's place in a topic: the topic's name and the topic.
+type Place = (Arc<str>, Arc<Topic>);
+
+/// A new topic would take the hub past [`HubBuilder::max_topics`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct TooManyTopics(pub(crate) usize);
 
 /// Publishes events to topics and fans them out to subscribed streams.
 /// Cheap to clone; clones share the topics.
 ///
 /// Ids: an event published without an id gets the next number of a hub-wide
-/// sequence (so ids increase within every topic, and a stream subscribed to
+/// sequence (so ids increase across all topics, and a stream subscribed to
 /// several topics resumes from one id); an id set by the publisher is kept
-/// and must be unique.
+/// and must be unique. Every stream gets its topics' events in publish
+/// order (on Redis, in Redis id order, which is publish order).
+///
+/// Topics come and go: a topic exists while a stream is subscribed to it
+/// or its history holds an event (see [`HubBuilder::max_age`] and
+/// [`HubBuilder::max_topics`]).
 ///
 /// ```no_run
 /// use axum::{Router, routing::{get, post}, extract::State};
-/// use tower_sse::{Event, Hub, SseLayer};
+/// use tower_sse::{Event, Hub};
 ///
 /// let hub = Hub::new();
-/// let events = SseLayer::new(hub.ready(|_ctx| vec!["chat".to_owned()]));
+/// let events = hub.layer(|_parts| Ok(vec!["chat".to_owned()]));
 /// let app: Router = Router::new()
 ///     .route("/events", get(|| async {}).layer(events))
 ///     .route(
@@ -148,11 +174,13 @@ pub struct Hub {
 }
 
 struct Inner {
-    /// Topics and the sequence. Nothing user-reachable runs under this lock:
-    /// no `tracing`, no wake-up (a topic's `Notify` is cloned out and
-    /// notified after the guard is dropped), no user value dropped (evicted
-    /// entries hold only bytes the hub encoded), never across an `.await`.
-    state: RwLock<State>,
+    /// The topics. Nothing user-reachable runs under this lock: no
+    /// `tracing`, no wake-up, no user value dropped, never across an `.await`.
+    topics: Mutex<Topics>,
+    /// In memory: the sequence number of the newest event in its ring. Every
+    /// event up to it is in its ring, so a stream reading several rings one
+    /// after the other delivers nothing above it and never out of order.
+    published: AtomicU64,
     /// How many events a resume may replay (`HubBuilder::history`); 0: none.
     history: usize,
     /// How many events each topic's ring keeps, which is how far a stream
@@ -160,80 +188,105 @@ struct Inner {
     /// when `history` is 0.
     window: usize,
     max_age: Option<Duration>,
+    max_topics: Option<usize>,
     lag: LagPolicy,
     lagged: AtomicU64,
     subscribers: AtomicUsize,
+    /// Numbers the streams, for their waker registrations.
+    next_stream: AtomicU64,
     #[cfg(feature = "redis")]
     redis: Option<redis::Backend>,
 }
 
-struct State {
+struct Topics {
+    map: HashMap<Arc<str>, Arc<Topic>>,
     next_seq: u64,
-    topics: HashMap<String, Topic>,
+    /// Topics with no stream but events in history, by when their newest
+    /// event expires (with `max_age` only).
+    expiry: BinaryHeap<Reverse<(Instant, Arc<str>)>>,
+    /// The newest key of an event that went with a removed topic: a topic
+    /// made again cannot resume from before it.
+    removed_floor: Option<Key>,
 }
 
-struct Topic {
-    entries: VecDeque<Entry>,
-    /// How many events of this topic came before `entries[0]`.
-    first_index: u64,
-    /// The sequence number of the newest event evicted from history.
-    last_evicted: Option<u64>,
-    /// The Redis id of the newest event evicted from history.
-    #[cfg(feature = "redis")]
-    last_evicted_stream_id: Option<StreamId>,
-    notify: Arc<Notify>,
-}
+impl Topics {
+    /// The topic `name`, made if new (unless the hub is full).
+    fn get_or_insert(
+        &mut self,
+        name: &str,
+        inner: &Inner,
+        now: Instant,
+    ) -> Result<Arc<Topic>, TooManyTopics> {
+        if let Some(topic) = self.map.get(name) {
+            return Ok(topic.clone());
+        }
+        if let Some(max) = inner.max_topics {
+            if self.map.len() >= max {
+                self.expire(inner, now);
+            }
+            if self.map.len() >= max {
+                return Err(TooManyTopics(max));
+            }
+        }
+        let topic = Arc::new(Topic::new(!inner.is_redis()));
+        topic.write().floor = self.removed_floor;
+        self.map.insert(name.into(), topic.clone());
+        Ok(topic)
+    }
 
-struct Entry {
-    seq: u64,
-    id: Arc<str>,
-    bytes: Bytes,
-    at: Instant,
-    /// The Redis entry id, for events read from Redis.
-    #[cfg(feature = "redis")]
-    stream_id: Option<StreamId>,
-}
-
-impl Topic {
-    fn new() -> Self {
-        Self {
-            entries: VecDeque::new(),
-            first_index: 0,
-            last_evicted: None,
-            #[cfg(feature = "redis")]
-            last_evicted_stream_id: None,
-            notify: Arc::new(Notify::new()),
+    /// Removes topic `name`, remembering what history it took along.
+    fn remove(&mut self, name: &str) {
+        if let Some(topic) = self.map.remove(name) {
+            let floor = topic.read().floor;
+            self.removed_floor = self.removed_floor.max(floor);
         }
     }
 
-    fn end_index(&self) -> u64 {
-        self.first_index + self.entries.len() as u64
+    /// Schedules an idle topic's removal once its newest event expires.
+    fn schedule(&mut self, name: &Arc<str>, topic: &Topic, inner: &Inner) {
+        let Some(age) = inner.max_age else { return };
+        if topic.expiring.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        let newest = topic.read().entries.back().map(|e| e.at);
+        let at = newest.unwrap_or_else(Instant::now) + age;
+        self.expiry.push(Reverse((at, name.clone())));
     }
 
-    /// Forgets the events beyond the newest `window`, and those older than `max_age`.
-    fn evict(&mut self, window: usize, max_age: Option<Duration>, now: Instant) {
-        while let Some(oldest) = self.entries.front() {
-            let too_many = self.entries.len() > window;
-            let too_old = max_age.is_some_and(|age| now.duration_since(oldest.at) > age);
-            if !too_many && !too_old {
-                break;
+    /// Removes the idle topics whose history has expired.
+    fn expire(&mut self, inner: &Inner, now: Instant) {
+        while let Some(Reverse((at, _))) = self.expiry.peek() {
+            if *at > now {
+                return;
             }
-            self.last_evicted = Some(oldest.seq);
-            #[cfg(feature = "redis")]
-            if oldest.stream_id.is_some() {
-                self.last_evicted_stream_id = oldest.stream_id;
+            let Some(Reverse((_, name))) = self.expiry.pop() else {
+                return;
+            };
+            let Some(topic) = self.map.get(&name).cloned() else {
+                continue;
+            };
+            topic.expiring.store(false, Ordering::Relaxed);
+            if topic.subscribers.load(Ordering::Relaxed) > 0 {
+                // Scheduled again when its last stream leaves.
+                continue;
             }
-            self.entries.pop_front();
-            self.first_index += 1;
+            topic.write().evict(inner.window, inner.max_age, now);
+            if topic.read().entries.is_empty() {
+                self.remove(&name);
+            } else {
+                self.schedule(&name, &topic, inner);
+            }
         }
     }
 }
 
 /// Builds a [`Hub`] with a history size, a history age and a lag policy.
 #[derive(Clone, Debug)]
+#[must_use = "a HubBuilder does nothing until built"]
 pub struct HubBuilder {
     history: usize,
     max_age: Option<Duration>,
+    max_topics: Option<usize>,
     lag: LagPolicy,
     #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     key_prefix: String,
@@ -255,9 +308,28 @@ impl HubBuilder {
         self
     }
 
-    /// Forgets events older than `age` (default: kept until pushed out by newer ones).
+    /// Forgets events older than `age` (default: kept until pushed out by
+    /// newer ones). It holds when a stream resumes, whether or not the
+    /// topic was touched since, and a topic with no stream is removed once
+    /// its newest event is older than `age`. On Redis, an id older than
+    /// `age` gets a [`RESET_EVENT`], and a topic's stream key expires
+    /// `age` after its last event.
     pub fn max_age(mut self, age: Duration) -> Self {
         self.max_age = Some(age);
+        self
+    }
+
+    /// Holds at most `topics` topics at a time (default: no limit). A
+    /// topic exists while a stream is subscribed to it or its history
+    /// holds an event; at the limit, publishing to a new topic fails with
+    /// [`PublishError::TooManyTopics`], and a stream asking for a new topic
+    /// is refused with `503 Service Unavailable` (see [`Hub::layer`]).
+    ///
+    /// Without [`max_age`](Self::max_age), a topic that was published to
+    /// keeps its history (and so its place) for good: set one or both when
+    /// clients choose topics.
+    pub fn max_topics(mut self, topics: usize) -> Self {
+        self.max_topics = Some(topics);
         self
     }
 
@@ -291,69 +363,141 @@ impl HubBuilder {
 
     fn inner(&self) -> Inner {
         Inner {
-            state: RwLock::new(State {
+            topics: Mutex::new(Topics {
+                map: HashMap::new(),
                 next_seq: 1,
-                topics: HashMap::new(),
+                expiry: BinaryHeap::new(),
+                removed_floor: None,
             }),
+            published: AtomicU64::new(0),
             history: self.history,
             window: self.window(),
             max_age: self.max_age,
+            max_topics: self.max_topics,
             lag: self.lag,
             lagged: AtomicU64::new(0),
             subscribers: AtomicUsize::new(0),
+            next_stream: AtomicU64::new(0),
             #[cfg(feature = "redis")]
             redis: None,
         }
     }
 }
 
-/// Where a new subscription starts in each topic, and whether it must say reset.
-struct Start {
-    cursors: Vec<u64>,
-    reset: bool,
+impl Inner {
+    fn is_redis(&self) -> bool {
+        #[cfg(feature = "redis")]
+        return self.redis.is_some();
+        #[cfg(not(feature = "redis"))]
+        false
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Topics> {
+        self.topics.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Takes a stream's place in each of `names` (each listed once);
+    /// nothing when one of them cannot be made.
+    fn acquire(&self, names: &[&str]) -> Result<Vec<Place>, TooManyTopics> {
+        let now = Instant::now();
+        let mut topics = self.lock();
+        topics.expire(self, now);
+        let mut taken = Vec::with_capacity(names.len());
+        for name in names {
+            match topics.get_or_insert(name, self, now) {
+                Ok(topic) => {
+                    topic.subscribers.fetch_add(1, Ordering::Relaxed);
+                    let name = topics
+                        .map
+                        .get_key_value(*name)
+                        .map_or_else(|| Arc::from(*name), |(name, _)| name.clone());
+                    taken.push((name, topic));
+                }
+                Err(full) => {
+                    drop(topics);
+                    self.release(&taken);
+                    return Err(full);
+                }
+            }
+        }
+        Ok(taken)
+    }
+
+    /// Gives back a stream's places: a topic left with no stream goes when
+    /// its history is empty (in memory) or at once (on Redis, which keeps
+    /// the history; the node stops following it).
+    fn release(&self, taken: &[Place]) {
+        let mut gone = Vec::new();
+        {
+            let mut topics = self.lock();
+            for (name, topic) in taken {
+                if topic.subscribers.fetch_sub(1, Ordering::Relaxed) != 1 {
+                    continue;
+                }
+                let current = topics.map.get(name).is_some_and(|t| Arc::ptr_eq(t, topic));
+                if !current {
+                    continue;
+                }
+                if self.is_redis() || topic.read().entries.is_empty() {
+                    topics.remove(name);
+                    gone.push(name.clone());
+                } else {
+                    topics.schedule(name, topic, self);
+                }
+            }
+        }
+        #[cfg(feature = "redis")]
+        if let Some(backend) = &self.redis {
+            backend.unfollow(&gone);
+        }
+        drop(gone);
+    }
 }
 
 /// A stream's `Last-Event-ID`, checked against [`MAX_LAST_EVENT_ID_LEN`]
 /// before anything looks at its contents.
-#[derive(Clone, Copy, Debug)]
-enum Resume<'a> {
+#[derive(Clone, Debug)]
+pub(crate) enum Resume {
     /// No id: live events only.
     Live,
     /// An id short enough to look up, parse and echo.
-    After(&'a str),
+    After(Box<str>),
     /// An id no history can resume from (over the cap, or not UTF-8): a
     /// reset echoing nothing.
     Unusable,
 }
 
-impl<'a> Resume<'a> {
-    fn new(last_event_id: Option<&'a str>) -> Self {
+impl Resume {
+    fn new(last_event_id: Option<&str>) -> Self {
         match last_event_id {
             None => Self::Live,
-            Some(id) if id.len() <= MAX_LAST_EVENT_ID_LEN => Self::After(id),
+            Some(id) if id.len() <= MAX_LAST_EVENT_ID_LEN => Self::After(id.into()),
             Some(_) => Self::Unusable,
         }
     }
 
+    /// A request's `Last-Event-ID` header: looked at only up to the cap.
+    pub(crate) fn from_headers(headers: &http::HeaderMap) -> Self {
+        let Some(value) = headers.get(LAST_EVENT_ID) else {
+            return Self::Live;
+        };
+        let value = value.as_bytes();
+        if value.len() > MAX_LAST_EVENT_ID_LEN {
+            return Self::Unusable;
+        }
+        match std::str::from_utf8(value) {
+            Ok(id) => Self::After(id.into()),
+            Err(_) => Self::Unusable,
+        }
+    }
+
     /// The id to look up, if there is a usable one.
-    fn id(self) -> Option<&'a str> {
+    fn id(&self) -> Option<&str> {
         match self {
             Self::After(id) => Some(id),
             Self::Live | Self::Unusable => None,
         }
     }
-}
-
-/// A request's `Last-Event-ID` as [`Hub::ready`] keeps it for the stream:
-/// `None` without the header, `Some(None)` when it is over the cap or not
-/// UTF-8 (checked on the first [`MAX_LAST_EVENT_ID_LEN`] bytes at most),
-/// `Some(Some(id))` otherwise.
-fn header_id(ctx: &StreamContext) -> Option<Option<String>> {
-    let value = ctx.headers().get(LAST_EVENT_ID)?.as_bytes();
-    if value.len() > MAX_LAST_EVENT_ID_LEN {
-        return Some(None);
-    }
-    Some(std::str::from_utf8(value).ok().map(str::to_owned))
 }
 
 impl Hub {
@@ -367,6 +511,7 @@ impl Hub {
         HubBuilder {
             history: 1000,
             max_age: None,
+            max_topics: None,
             lag: LagPolicy::Notify,
             key_prefix: "tower-sse:".to_owned(),
         }
@@ -379,8 +524,9 @@ impl Hub {
     /// # Errors
     ///
     /// [`PublishError::Invalid`] when the event cannot be encoded;
-    /// [`PublishError::Unavailable`] when Redis cannot store it. Either way
-    /// nothing is published.
+    /// [`PublishError::Unavailable`] when Redis cannot store it;
+    /// [`PublishError::TooManyTopics`] for a new topic when the hub is full
+    /// (in memory). In every case nothing is published.
     pub async fn publish(
         &self,
         topic: &str,
@@ -393,33 +539,40 @@ impl Hub {
         self.publish_local(topic, event.into())
     }
 
-    fn publish_local(&self, topic: &str, mut event: Event) -> Result<String, PublishError> {
+    fn publish_local(&self, name: &str, mut event: Event) -> Result<String, PublishError> {
         let inner = &self.inner;
-        let mut state = inner.state.write().unwrap_or_else(PoisonError::into_inner);
-        let seq = state.next_seq;
+        let now = Instant::now();
+        let mut topics = inner.lock();
+        topics.expire(inner, now);
+        let seq = topics.next_seq;
         if event.id.is_none() {
             event.id = Some(seq.to_string());
         }
         let bytes = event.encode().map_err(PublishError::Invalid)?;
         let id: Arc<str> = event.id.as_deref().unwrap_or_default().into();
-        state.next_seq += 1;
-        let topic = state
-            .topics
-            .entry(topic.to_owned())
-            .or_insert_with(Topic::new);
-        let now = Instant::now();
-        topic.entries.push_back(Entry {
-            seq,
-            id: id.clone(),
-            bytes,
-            at: now,
-            #[cfg(feature = "redis")]
-            stream_id: None,
-        });
-        topic.evict(inner.window, inner.max_age, now);
-        let notify = topic.notify.clone();
-        drop(state);
-        notify.notify_waiters();
+        let topic = topics
+            .get_or_insert(name, inner, now)
+            .map_err(|TooManyTopics(max)| PublishError::TooManyTopics(max))?;
+        topics.next_seq += 1;
+        {
+            let mut ring = topic.write();
+            ring.push(Entry {
+                key: (seq, 0),
+                id: id.clone(),
+                bytes,
+                at: now,
+            });
+            ring.evict(inner.window, inner.max_age, now);
+        }
+        if topic.subscribers.load(Ordering::Relaxed) == 0 {
+            if let Some((name, _)) = topics.map.get_key_value(name) {
+                let name = name.clone();
+                topics.schedule(&name, &topic, inner);
+            }
+        }
+        inner.published.store(seq, Ordering::Release);
+        drop(topics);
+        topic.wake();
         Ok(id.to_string())
     }
 
@@ -433,11 +586,12 @@ impl Hub {
     /// `None` for a header that is not UTF-8; [`Hub::ready`] treats such a
     /// header as unusable, with a reset, rather than as no id.)
     ///
-    /// Call it from a ready function (or use [`Hub::ready`]). Each event goes
-    /// through the stream's buffer: a stream that cannot keep up falls behind
-    /// in history without slowing anyone, and the [`LagPolicy`] decides what
-    /// it sees when history moves past it. Events dropped by a dropping or
-    /// sliding buffer are reported the same way.
+    /// Call it from a ready function (or use [`Hub::ready`]); [`Hub::layer`]
+    /// serves the same streams from the response body, with no task or
+    /// buffer per stream. Each event goes through the stream's buffer: a
+    /// stream that cannot keep up falls behind in history without slowing
+    /// anyone, and the [`LagPolicy`] decides what it sees when history
+    /// moves past it.
     pub async fn subscribe<T: AsRef<str>>(
         &self,
         events: &EventSender,
@@ -451,64 +605,37 @@ impl Hub {
     async fn subscribe_from<T: AsRef<str>>(
         &self,
         events: &EventSender,
-        resume: Resume<'_>,
+        resume: Resume,
         topics: &[T],
     ) {
-        let inner = &self.inner;
-        inner.subscribers.fetch_add(1, Relaxed);
-        let _count = SubscriberGuard(&inner.subscribers);
         let names = distinct(topics);
-        let Some((mut cursors, notifies)) = self.begin(events, resume, &names).await else {
-            return;
+        let mut subscription = match Subscription::new(self, &names, resume) {
+            Ok(subscription) => subscription,
+            Err(TooManyTopics(max)) => {
+                tracing::warn!(max, "too many topics: stream not subscribed");
+                return;
+            }
         };
         let mut batch = Vec::new();
         let mut dropped_seen = events.dropped();
         let closed = events.closed();
         tokio::pin!(closed);
         loop {
-            // Register for wake-ups before reading, so a publish in between is
-            // not missed: one topic (the common case) needs no allocation.
-            let single = (notifies.len() == 1).then(|| notifies[0].notified());
-            tokio::pin!(single);
-            if let Some(wait) = single.as_mut().as_pin_mut() {
-                wait.enable();
-            }
-            let mut waits: Vec<Pin<Box<tokio::sync::futures::Notified<'_>>>> = Vec::new();
-            if notifies.len() > 1 {
-                waits = notifies.iter().map(|n| Box::pin(n.notified())).collect();
-                for wait in &mut waits {
-                    wait.as_mut().enable();
-                }
-            }
             // No more than the stream's buffer can take now: the rest stays
             // in history, and `batch` stays small.
             let room = events
                 .capacity()
                 .saturating_sub(events.queued_events())
                 .max(1);
-            let missed = self.read(&names, &mut cursors, &mut batch, room);
-            if missed > 0 && !self.lagged(events, missed).await {
-                return;
-            }
-            if batch.is_empty() {
-                if notifies.is_empty() {
-                    closed.await;
+            let read = std::future::poll_fn(|cx| subscription.poll_read(cx, room, &mut batch));
+            match futures::future::select(std::pin::pin!(read), closed.as_mut()).await {
+                futures::future::Either::Left((Ok(()), _)) => {}
+                futures::future::Either::Left((Err(_lagged), _)) => {
+                    events.close();
                     return;
                 }
-                let woken = async {
-                    match single.as_mut().as_pin_mut() {
-                        Some(wait) => wait.await,
-                        None => {
-                            futures::future::select_all(waits).await;
-                        }
-                    }
-                };
-                match futures::future::select(std::pin::pin!(woken), closed.as_mut()).await {
-                    futures::future::Either::Left(_) => continue,
-                    futures::future::Either::Right(_) => return,
-                }
+                futures::future::Either::Right(_) => return,
             }
-            drop(waits);
             for bytes in batch.drain(..) {
                 if events.send_encoded(bytes).await.is_err() {
                     return;
@@ -516,46 +643,8 @@ impl Hub {
             }
             let dropped = events.dropped();
             if dropped > dropped_seen {
-                if !self.lagged(events, dropped - dropped_seen).await {
-                    return;
-                }
-                dropped_seen = events.dropped();
-            }
-        }
-    }
-
-    /// Where a new subscription starts, after any replay or reset it needs;
-    /// `None` when the stream closed meanwhile.
-    async fn begin(
-        &self,
-        events: &EventSender,
-        resume: Resume<'_>,
-        names: &[&str],
-    ) -> Option<(Vec<u64>, Vec<Arc<Notify>>)> {
-        #[cfg(feature = "redis")]
-        if let Some(backend) = &self.inner.redis {
-            // Boxed, so in-memory subscriptions do not carry the Redis state.
-            return Box::pin(backend.begin(self, events, resume, names)).await;
-        }
-        let (start, notifies) = self.start(resume, names, true);
-        if start.reset {
-            send_reset(events, resume).await?;
-        }
-        Some((start.cursors, notifies))
-    }
-
-    /// Applies the lag policy; `false` when the stream is done.
-    async fn lagged(&self, events: &EventSender, missed: u64) -> bool {
-        self.inner.lagged.fetch_add(missed, Relaxed);
-        tracing::debug!(missed, "subscriber lagged");
-        match self.inner.lag {
-            LagPolicy::Notify => events
-                .send(Event::new(missed.to_string()).name(LAGGED_EVENT))
-                .await
-                .is_ok(),
-            LagPolicy::Close => {
-                events.close();
-                false
+                subscription.missed(dropped - dropped_seen);
+                dropped_seen = dropped;
             }
         }
     }
@@ -563,6 +652,9 @@ impl Hub {
     /// A ready function that subscribes each stream to the topics `topics`
     /// picks from its request, resuming from its `Last-Event-ID`. A topic
     /// picked more than once (`?topic=chat&topic=chat`) counts once.
+    ///
+    /// [`Hub::layer`] serves the same streams from the response body (no
+    /// task, queue or sender per stream) and can refuse a request: prefer it.
     ///
     /// A `Last-Event-ID` longer than [`MAX_LAST_EVENT_ID_LEN`] bytes, or not
     /// UTF-8, gets a [`RESET_EVENT`] with empty data, then live events; the
@@ -579,7 +671,10 @@ impl Hub {
     pub fn ready<F>(
         &self,
         topics: F,
-    ) -> impl Fn(EventSender, StreamContext) -> BoxFuture<'static, ()> + Send + Sync + 'static
+    ) -> impl Fn(EventSender, StreamContext) -> futures::future::BoxFuture<'static, ()>
+    + Send
+    + Sync
+    + 'static
     where
         F: Fn(&StreamContext) -> Vec<String> + Send + Sync + 'static,
     {
@@ -589,14 +684,9 @@ impl Hub {
             let topics = topics(&ctx);
             // Only the id outlives this call, and only up to the cap: the
             // stream keeps no copy of the request.
-            let last_event_id = header_id(&ctx);
+            let resume = Resume::from_headers(ctx.headers());
             drop(ctx);
             Box::pin(async move {
-                let resume = match &last_event_id {
-                    None => Resume::Live,
-                    Some(Some(id)) => Resume::new(Some(id.as_str())),
-                    Some(None) => Resume::Unusable,
-                };
                 hub.subscribe_from(&events, resume, &topics).await;
             })
         }
@@ -604,132 +694,18 @@ impl Hub {
 
     /// Streams subscribed right now.
     pub fn subscribers(&self) -> usize {
-        self.inner.subscribers.load(Relaxed)
+        self.inner.subscribers.load(Ordering::Relaxed)
+    }
+
+    /// Topics this hub holds right now, in this process: those with a
+    /// subscribed stream or (in memory) events in history.
+    pub fn topics(&self) -> usize {
+        self.inner.lock().map.len()
     }
 
     /// Events missed by lagging streams so far, over all streams.
     pub fn lagged_events(&self) -> u64 {
-        self.inner.lagged.load(Relaxed)
-    }
-
-    /// Finds each topic's starting point for `resume` in this process's
-    /// history. `sequence_ids`: ids are this hub's sequence numbers (in memory).
-    fn start(
-        &self,
-        resume: Resume<'_>,
-        names: &[&str],
-        sequence_ids: bool,
-    ) -> (Start, Vec<Arc<Notify>>) {
-        let inner = &self.inner;
-        let mut state = inner.state.write().unwrap_or_else(PoisonError::into_inner);
-        let now = Instant::now();
-        let next_seq = state.next_seq;
-        for name in names {
-            let topic = state
-                .topics
-                .entry((*name).to_owned())
-                .or_insert_with(Topic::new);
-            topic.evict(inner.window, inner.max_age, now);
-        }
-        let topics: Vec<&Topic> = names.iter().map(|name| &state.topics[*name]).collect();
-        let notifies = topics.iter().map(|t| t.notify.clone()).collect();
-        let live = |topics: &[&Topic]| topics.iter().map(|t| t.end_index()).collect();
-        let last = match resume {
-            // Live only: the ring is there to deliver, not to replay.
-            Resume::After(_) if inner.history == 0 => {
-                let start = Start {
-                    cursors: live(&topics),
-                    reset: true,
-                };
-                return (start, notifies);
-            }
-            Resume::After(last) => last,
-            Resume::Live | Resume::Unusable => {
-                let start = Start {
-                    cursors: live(&topics),
-                    reset: matches!(resume, Resume::Unusable),
-                };
-                return (start, notifies);
-            }
-        };
-        // The id's place in the hub-wide sequence: an id in history, or a
-        // sequence number this hub has handed out.
-        let seq = topics
-            .iter()
-            .find_map(|t| t.entries.iter().rev().find(|e| &*e.id == last))
-            .map(|entry| entry.seq)
-            .or_else(|| {
-                let seq = last.parse::<u64>().ok()?;
-                (sequence_ids && seq < next_seq).then_some(seq)
-            });
-        let resumable = seq.filter(|seq| {
-            topics
-                .iter()
-                .all(|t| t.last_evicted.is_none_or(|evicted| evicted <= *seq))
-        });
-        let start = match resumable {
-            Some(seq) => Start {
-                cursors: topics
-                    .iter()
-                    .map(|t| t.first_index + t.entries.partition_point(|e| e.seq <= seq) as u64)
-                    .collect(),
-                reset: false,
-            },
-            None => Start {
-                cursors: live(&topics),
-                reset: true,
-            },
-        };
-        (start, notifies)
-    }
-
-    /// Takes up to `limit` (at most [`MAX_BATCH`]) events after the cursors, in publish order.
-    /// Returns how many events history lost before this stream read them.
-    fn read(
-        &self,
-        names: &[&str],
-        cursors: &mut [u64],
-        batch: &mut Vec<Bytes>,
-        limit: usize,
-    ) -> u64 {
-        let state = self
-            .inner
-            .state
-            .read()
-            .unwrap_or_else(PoisonError::into_inner);
-        let mut missed = 0;
-        // Each subscribed topic with this stream's cursor in it.
-        let mut lanes: Vec<(&Topic, &mut u64)> = names
-            .iter()
-            .zip(cursors.iter_mut())
-            .filter_map(|(name, cursor)| Some((state.topics.get(*name)?, cursor)))
-            .collect();
-        for (topic, cursor) in &mut lanes {
-            if **cursor < topic.first_index {
-                missed += topic.first_index - **cursor;
-                **cursor = topic.first_index;
-            }
-        }
-        while batch.len() < limit.min(MAX_BATCH) {
-            // The lane whose next event is the oldest.
-            let next = lanes
-                .iter()
-                .enumerate()
-                .filter_map(|(i, (topic, cursor))| {
-                    let entry = topic.entries.get((**cursor - topic.first_index) as usize)?;
-                    Some((entry.seq, i))
-                })
-                .min();
-            let Some((_, i)) = next else { break };
-            let (topic, cursor) = &mut lanes[i];
-            batch.push(
-                topic.entries[(**cursor - topic.first_index) as usize]
-                    .bytes
-                    .clone(),
-            );
-            **cursor += 1;
-        }
-        missed
+        self.inner.lagged.load(Ordering::Relaxed)
     }
 }
 
@@ -744,6 +720,7 @@ impl fmt::Debug for Hub {
         f.debug_struct("Hub")
             .field("history", &self.inner.history)
             .field("max_age", &self.inner.max_age)
+            .field("max_topics", &self.inner.max_topics)
             .field("lag", &self.inner.lag)
             .field("subscribers", &self.subscribers())
             .finish_non_exhaustive()
@@ -752,27 +729,11 @@ impl fmt::Debug for Hub {
 
 /// The topics, each once, in the order they first appear: a topic listed
 /// twice would be two cursors in one ring, and every event sent twice.
-fn distinct<T: AsRef<str>>(topics: &[T]) -> Vec<&str> {
+pub(crate) fn distinct<T: AsRef<str>>(topics: &[T]) -> Vec<&str> {
     let mut seen = HashSet::with_capacity(topics.len());
     topics
         .iter()
         .map(AsRef::as_ref)
         .filter(|name| seen.insert(*name))
         .collect()
-}
-
-/// Tells a stream that its `Last-Event-ID` cannot be resumed; `None` when it
-/// closed. The data is the id when it is usable (at most
-/// [`MAX_LAST_EVENT_ID_LEN`] bytes), and empty otherwise (see [`RESET_EVENT`]).
-async fn send_reset(events: &EventSender, resume: Resume<'_>) -> Option<()> {
-    let echo = resume.id().unwrap_or_default();
-    events.send(Event::new(echo).name(RESET_EVENT)).await.ok()
-}
-
-struct SubscriberGuard<'a>(&'a AtomicUsize);
-
-impl Drop for SubscriberGuard<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Relaxed);
-    }
 }

@@ -1,9 +1,12 @@
 //! The hub's Redis Streams backend: `publish` appends with `XADD` (trimmed
-//! with `MAXLEN ~ history`), one reader per node follows every topic its
-//! streams use with `XREAD BLOCK` and feeds the same in-memory rings as the
-//! in-memory hub, and a `Last-Event-ID` unknown to this node is replayed from
-//! Redis with `XRANGE`. The Redis entry id is the SSE id, so a client resumes
-//! on any node.
+//! with `MAXLEN ~ history`) from a script that numbers every event of the
+//! hub with one clock, so that entry ids increase across all topics in
+//! publish order. One reader per node follows the topics its streams use
+//! with `XREAD BLOCK` and feeds the same rings as the in-memory hub, and a
+//! `Last-Event-ID` older than this node's ring is replayed from Redis with
+//! `XRANGE`. The Redis entry id is the SSE id, so a client resumes on any
+//! node, and ordering and resuming go by it alone, never by a node's own
+//! numbering.
 
 use std::{
     collections::HashMap,
@@ -16,11 +19,14 @@ use ::redis::{
     aio::{ConnectionManager, ConnectionManagerConfig},
 };
 use bytes::{BufMut, Bytes, BytesMut};
+use futures::future::BoxFuture;
 use tokio::{sync::Notify, time::Instant};
 
-use super::{Entry, Hub, HubBuilder, Inner, PublishError, Resume, Topic, send_reset};
+use super::{
+    Entry, Hub, HubBuilder, Inner, PublishError, Resume, subscription::Begun, topic::Topic,
+};
 use crate::{
-    Event, EventSender,
+    Event,
     event::{CRLF, ID_FIELD},
 };
 
@@ -34,10 +40,37 @@ const PAGE: usize = 512;
 /// The longest pause between attempts while Redis is away.
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
+/// Appends an event with the hub's next id: the later of now and one past
+/// the last id the hub gave (in any topic), so ids increase across topics
+/// in the order of publishing. `KEYS`: the stream, the hub's clock.
+/// `ARGV`: trim, the stored event, `max_age` in ms (0: none).
+const PUBLISH: &str = r"
+local t = redis.call('TIME')
+local ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local seq = 0
+local last = redis.call('GET', KEYS[2])
+if last then
+  local lms, lseq = string.match(last, '^(%d+)-(%d+)$')
+  lms = tonumber(lms)
+  if ms <= lms then
+    ms = lms
+    seq = tonumber(lseq) + 1
+  end
+end
+local id = string.format('%d-%d', ms, seq)
+redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], id, 'sse', ARGV[2])
+redis.call('SET', KEYS[2], id)
+if tonumber(ARGV[3]) > 0 then
+  redis.call('PEXPIRE', KEYS[1], ARGV[3])
+end
+return id
+";
+
 pub(crate) struct Backend {
     conn: ConnectionManager,
     prefix: String,
     trim: usize,
+    max_age: Option<Duration>,
     /// Topics this node follows, with the id of the last entry read. As the
     /// hub's state: nothing user-reachable (`tracing`, a wake-up) runs under it.
     following: Arc<Mutex<HashMap<String, StreamId>>>,
@@ -53,6 +86,14 @@ impl HubBuilder {
     /// this node's local ring; with `history(0)` (live only) both are 256,
     /// and a `Last-Event-ID` is never replayed from Redis (see
     /// [`history`](Self::history)).
+    ///
+    /// Every event's id is given by one clock per hub (the key
+    /// `<prefix>` followed by a NUL byte and `clock`), so ids increase
+    /// across topics in publish order: every stream, on every node, gets
+    /// its topics' events in that order, and resumes anywhere from one id.
+    /// (On Redis Cluster, put a hash tag in the prefix, `{chat}:`, so that
+    /// a hub's keys share a slot.) A node follows a topic while one of its
+    /// streams is subscribed to it, and forgets it when the last one leaves.
     ///
     /// # Errors
     ///
@@ -87,6 +128,7 @@ impl HubBuilder {
             conn,
             prefix: self.key_prefix.clone(),
             trim: self.window(),
+            max_age: self.max_age,
             following: following.clone(),
             wake_reader: wake_reader.clone(),
         });
@@ -107,7 +149,11 @@ impl Backend {
         format!("{}{topic}", self.prefix)
     }
 
-    /// `XADD`: Redis gives the id; an id set by the publisher is replaced.
+    fn clock_key(&self) -> String {
+        format!("{}\0clock", self.prefix)
+    }
+
+    /// Appends with the hub's next id; an id set by the publisher is replaced.
     pub(super) async fn publish(
         &self,
         topic: &str,
@@ -116,45 +162,82 @@ impl Backend {
         event.id = None;
         let stored = event.encode().map_err(PublishError::Invalid)?;
         let mut conn = self.conn.clone();
-        ::redis::cmd("XADD")
+        let max_age = self.max_age.map_or(0, |age| age.as_millis().max(1) as u64);
+        // EVAL rather than EVALSHA: no script cache to miss after a Redis
+        // restart, and the 600 bytes cost less than the round trip.
+        ::redis::cmd("EVAL")
+            .arg(PUBLISH)
+            .arg(2)
             .arg(self.key(topic))
-            .arg("MAXLEN")
-            .arg("~")
+            .arg(self.clock_key())
             .arg(self.trim)
-            .arg("*")
-            .arg("sse")
             .arg(stored.as_ref())
+            .arg(max_age)
             .query_async::<String>(&mut conn)
             .await
             .map_err(|err| PublishError::Unavailable(Box::new(err)))
     }
 
-    /// Where a subscription starts: local history when it has the id,
-    /// otherwise a replay from Redis; a reset when Redis trimmed past it, or
-    /// when the id is no Redis id (over the cap ids are not even parsed).
-    pub(super) async fn begin(
+    /// Where a subscription starts, once this node follows its topics: in
+    /// the local rings when they reach back to the id, otherwise after a
+    /// replay from Redis; a reset when Redis trimmed past it, when it is
+    /// older than `max_age`, or when it is no Redis id (over the cap ids are
+    /// not even parsed).
+    pub(super) fn begin(
+        &self,
+        hub: Hub,
+        names: Vec<Arc<str>>,
+        topics: Vec<Arc<Topic>>,
+        resume: Resume,
+    ) -> BoxFuture<'static, Begun> {
+        Box::pin(async move {
+            let Some(backend) = &hub.inner.redis else {
+                return Begun::live((0, 0));
+            };
+            backend.follow(&names, &topics).await;
+            backend.start(&hub, &names, &topics, &resume).await
+        })
+    }
+
+    async fn start(
         &self,
         hub: &Hub,
-        events: &EventSender,
-        resume: Resume<'_>,
-        names: &[&str],
-    ) -> Option<(Vec<u64>, Vec<Arc<Notify>>)> {
-        self.follow(hub, names).await;
-        let (start, notifies) = hub.start(resume, names, false);
-        if !start.reset {
-            return Some((start.cursors, notifies));
-        }
-        // Live only: nothing is replayed, from Redis either.
-        let replayable = hub.inner.history > 0;
-        let Some(mut after) = resume.id().and_then(parse_id).filter(|_| replayable) else {
-            send_reset(events, resume).await?;
-            return Some((start.cursors, notifies));
+        names: &[Arc<str>],
+        topics: &[Arc<Topic>],
+        resume: &Resume,
+    ) -> Begun {
+        // Live: after everything every topic has complete on this node.
+        let live = topics
+            .iter()
+            .map(|topic| topic.read().complete)
+            .min()
+            .unwrap_or_default();
+        let id = match resume {
+            Resume::Live => return Begun::live(live),
+            // Live only: nothing is replayed, from Redis either.
+            Resume::After(_) if hub.inner.history == 0 => return Begun::reset(live, resume),
+            Resume::Unusable => return Begun::reset(live, resume),
+            Resume::After(id) => id,
         };
+        let Some(after) = parse_id(id) else {
+            return Begun::reset(live, resume);
+        };
+        if self
+            .max_age
+            .is_some_and(|age| after.0 < now_millis().saturating_sub(age.as_millis() as u64))
+        {
+            return Begun::reset(live, resume);
+        }
+        let local = topics
+            .iter()
+            .all(|topic| topic.read().floor.is_some_and(|floor| floor <= after));
+        if local {
+            return Begun::live(after);
+        }
+        let mut first = Vec::new();
+        let mut after = after;
         let mut backoff = Duration::from_millis(50);
         loop {
-            if events.is_closed() {
-                return None;
-            }
             match self.replay(names, after).await {
                 Err(err) => {
                     // Redis is away: the stream stays open (heartbeats go on) until it is back.
@@ -163,19 +246,22 @@ impl Backend {
                     backoff = (backoff * 2).min(MAX_BACKOFF);
                 }
                 Ok(None) => {
-                    send_reset(events, resume).await?;
-                    let (start, notifies) = hub.start(Resume::Live, names, false);
-                    return Some((start.cursors, notifies));
+                    let mut begun = Begun::reset(live, resume);
+                    begun.first.splice(0..0, first);
+                    return begun;
                 }
-                Ok(Some((entries, complete))) => {
-                    for (stream_id, id, stored) in entries {
-                        events.send_encoded(with_id(&id, &stored)).await.ok()?;
-                        after = stream_id;
-                    }
-                    if complete {
-                        if let Some(cursors) = join(hub, names, after) {
-                            return Some((cursors, notifies));
-                        }
+                Ok(Some((entries, through, complete))) => {
+                    first.extend(
+                        entries
+                            .into_iter()
+                            .map(|(_, id, stored)| with_id(&id, &stored)),
+                    );
+                    after = through;
+                    let joins = topics
+                        .iter()
+                        .all(|topic| topic.read().floor.is_some_and(|floor| floor <= after));
+                    if complete && joins {
+                        return Begun { after, first };
                     }
                 }
             }
@@ -183,45 +269,51 @@ impl Backend {
     }
 
     /// Makes the reader follow `names`, each from the stream's current end.
-    /// `names` has each topic once (the hub deduplicates a subscription's
-    /// topics before anything looks them up).
-    async fn follow(&self, hub: &Hub, names: &[&str]) {
-        let new: Vec<&str> = {
-            let following = self
-                .following
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            names
-                .iter()
-                .copied()
-                .filter(|name| !following.contains_key(*name))
-                .collect()
-        };
-        if new.is_empty() {
-            return;
-        }
-        for name in new {
+    async fn follow(&self, names: &[Arc<str>], topics: &[Arc<Topic>]) {
+        let mut new = false;
+        for (name, topic) in names.iter().zip(topics) {
+            if topic.read().followed {
+                continue;
+            }
             let start = match self.last_id(name).await {
                 Ok(id) => id,
                 Err(err) => {
-                    tracing::warn!(%err, topic = name, "Redis unavailable; following from now");
+                    tracing::warn!(%err, topic = &**name, "Redis unavailable; following from now");
                     (now_millis(), 0)
                 }
             };
-            self.following
+            // The first follower's start stands; the ring takes entries after it.
+            let start = *self
+                .following
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
-                .entry(name.to_owned())
+                .entry(name.to_string())
                 .or_insert(start);
-            hub.inner
-                .state
-                .write()
-                .unwrap_or_else(PoisonError::into_inner)
-                .topics
-                .entry(name.to_owned())
-                .or_insert_with(Topic::new);
+            let mut ring = topic.write();
+            if !ring.followed {
+                ring.followed = true;
+                ring.floor = Some(start);
+                ring.complete = start;
+                new = true;
+            }
         }
-        self.wake_reader.notify_one();
+        if new {
+            self.wake_reader.notify_one();
+        }
+    }
+
+    /// Stops following topics no stream of this node reads any more.
+    pub(super) fn unfollow(&self, names: &[Arc<str>]) {
+        if names.is_empty() {
+            return;
+        }
+        let mut following = self
+            .following
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        for name in names {
+            following.remove(&**name);
+        }
     }
 
     async fn last_id(&self, topic: &str) -> Result<StreamId, RedisError> {
@@ -240,17 +332,30 @@ impl Backend {
             .unwrap_or((0, 0)))
     }
 
-    /// The entries after `after` in every topic, merged in id order, and
-    /// whether that is all of them. `None` when Redis trimmed some of them.
+    /// The entries after `after` in every topic, merged in id order, up to
+    /// an id through which they are complete; that id; and whether that is
+    /// all of them. `None` when Redis trimmed some of them.
     #[allow(clippy::type_complexity)]
     async fn replay(
         &self,
-        names: &[&str],
+        names: &[Arc<str>],
         after: StreamId,
-    ) -> Result<Option<(Vec<(StreamId, String, Bytes)>, bool)>, RedisError> {
+    ) -> Result<Option<(Vec<(StreamId, String, Bytes)>, StreamId, bool)>, RedisError> {
         let mut conn = self.conn.clone();
+        // Every entry up to the clock, read first, is in Redis before the
+        // reads below: whatever they return up to it is complete.
+        let clock: Option<String> = ::redis::cmd("GET")
+            .arg(self.clock_key())
+            .query_async(&mut conn)
+            .await?;
+        let clock = clock
+            .as_deref()
+            .and_then(parse_id)
+            .unwrap_or(after)
+            .max(after);
         let mut merged = Vec::new();
-        let mut cutoff: Option<StreamId> = None;
+        let mut through = clock;
+        let mut complete = true;
         for name in names {
             let key = self.key(name);
             if lost_after(&mut conn, &key, after).await? {
@@ -259,7 +364,7 @@ impl Backend {
             let reply: Value = ::redis::cmd("XRANGE")
                 .arg(&key)
                 .arg(format!("({}", format_id(after)))
-                .arg("+")
+                .arg(format_id(clock))
                 .arg("COUNT")
                 .arg(PAGE)
                 .query_async(&mut conn)
@@ -267,16 +372,16 @@ impl Backend {
             let entries = parse_entries(&reply);
             if entries.len() == PAGE {
                 // A full page: later entries of this topic come in the next round.
-                let last = entries.last().map(|(id, _, _)| *id);
-                cutoff = cutoff.min(last).or(last);
+                if let Some((last, _, _)) = entries.last() {
+                    through = through.min(*last);
+                }
+                complete = false;
             }
             merged.extend(entries);
         }
         merged.sort_by_key(|(id, _, _)| *id);
-        if let Some(cutoff) = cutoff {
-            merged.retain(|(id, _, _)| *id <= cutoff);
-        }
-        Ok(Some((merged, cutoff.is_none())))
+        merged.retain(|(id, _, _)| *id <= through);
+        Ok(Some((merged, through, complete)))
     }
 }
 
@@ -324,32 +429,6 @@ async fn lost_after(
     let trimmed = int("entries-added") > int("length")
         && id("recorded-first-entry-id").is_some_and(|first| first > after);
     Ok(deleted || trimmed)
-}
-
-/// Joins the local ring after `after`; `None` if the ring already dropped
-/// entries after it (replay more first).
-fn join(hub: &Hub, names: &[&str], after: StreamId) -> Option<Vec<u64>> {
-    let state = hub
-        .inner
-        .state
-        .read()
-        .unwrap_or_else(PoisonError::into_inner);
-    names
-        .iter()
-        .map(|name| {
-            let topic = state.topics.get(*name)?;
-            if topic
-                .last_evicted_stream_id
-                .is_some_and(|evicted| evicted > after)
-            {
-                return None;
-            }
-            let skip = topic
-                .entries
-                .partition_point(|e| e.stream_id.is_some_and(|id| id <= after));
-            Some(topic.first_index + skip as u64)
-        })
-        .collect()
 }
 
 /// Follows every topic of this node with `XREAD BLOCK`, appending new entries
@@ -402,44 +481,98 @@ async fn read_loop(
             }
         };
         let Some(inner) = hub.upgrade() else { return };
-        // Notified only once both guards are dropped: a wake-up runs waker code.
-        let mut woken = Vec::new();
-        {
-            let mut state = inner.state.write().unwrap_or_else(PoisonError::into_inner);
-            let mut following = following.lock().unwrap_or_else(PoisonError::into_inner);
-            for (key, entries) in pairs(&reply) {
-                let Some(key) = text(&key) else { continue };
-                let Some(name) = key.strip_prefix(&prefix) else {
-                    continue;
-                };
-                let entries = parse_entries(&entries);
-                let Some(last) = entries.last().map(|(id, _, _)| *id) else {
-                    continue;
-                };
-                let now = Instant::now();
-                let seq_start = state.next_seq;
-                state.next_seq += entries.len() as u64;
-                let topic = state
-                    .topics
-                    .entry(name.to_owned())
-                    .or_insert_with(Topic::new);
-                for (n, (stream_id, id, stored)) in entries.into_iter().enumerate() {
-                    topic.entries.push_back(Entry {
-                        seq: seq_start + n as u64,
-                        bytes: with_id(&id, &stored),
-                        id: id.into(),
-                        at: now,
-                        stream_id: Some(stream_id),
-                    });
-                }
-                topic.evict(inner.window, inner.max_age, now);
-                woken.push(topic.notify.clone());
-                following.insert(name.to_owned(), last);
+        deliver(&inner, &following, &prefix, &topics, &reply);
+    }
+}
+
+/// Appends one `XREAD` reply to the rings, then wakes their streams.
+///
+/// The reply is one snapshot of Redis, and ids increase across topics in
+/// publish order: every entry with an id up to the newest in the reply was
+/// in Redis when it was made, so each topic it did not cut short (fewer than
+/// a page) is complete through that id, with or without entries of its own.
+fn deliver(
+    inner: &Inner,
+    following: &Mutex<HashMap<String, StreamId>>,
+    prefix: &str,
+    asked: &[(String, StreamId)],
+    reply: &Value,
+) {
+    let mut replies: HashMap<&str, Vec<(StreamId, String, Bytes)>> = HashMap::new();
+    for (key, entries) in pairs(reply) {
+        let Some(key) = text(&key) else { continue };
+        let Some(name) = key.strip_prefix(prefix) else {
+            continue;
+        };
+        if let Some((name, _)) = asked.iter().find(|(asked, _)| asked == name) {
+            replies.insert(name.as_str(), parse_entries(&entries));
+        }
+    }
+    let Some(newest) = replies
+        .values()
+        .filter_map(|entries| entries.last().map(|(id, _, _)| *id))
+        .max()
+    else {
+        return;
+    };
+    let found: Vec<(&str, Option<Arc<Topic>>)> = {
+        let topics = inner.lock();
+        asked
+            .iter()
+            .map(|(name, _)| (name.as_str(), topics.map.get(name.as_str()).cloned()))
+            .collect()
+    };
+    let now = Instant::now();
+    let mut woken = Vec::new();
+    let mut read_to = Vec::new();
+    for (name, topic) in found {
+        let entries = replies.remove(name).unwrap_or_default();
+        let complete = if entries.len() >= PAGE {
+            entries.last().map_or(newest, |(id, _, _)| *id)
+        } else {
+            newest
+        };
+        if let Some((last, _, _)) = entries.last() {
+            read_to.push((name, *last));
+        }
+        let Some(topic) = topic else { continue };
+        let mut ring = topic.write();
+        if !ring.followed {
+            continue;
+        }
+        let mut added = false;
+        for (stream_id, id, stored) in entries {
+            // Never twice, never behind: a ring followed again, or a reply
+            // older than the ring's start, brings entries it has.
+            if stream_id <= ring.last_key() {
+                continue;
+            }
+            ring.push(Entry {
+                key: stream_id,
+                bytes: with_id(&id, &stored),
+                id: id.into(),
+                at: now,
+            });
+            added = true;
+        }
+        ring.complete = ring.complete.max(complete);
+        ring.evict(inner.window, inner.max_age, now);
+        drop(ring);
+        // Streams of several topics may wait for `complete` alone.
+        let _ = added;
+        woken.push(topic);
+    }
+    {
+        let mut following = following.lock().unwrap_or_else(PoisonError::into_inner);
+        for (name, last) in read_to {
+            // Only topics still followed: a topic left meanwhile stays gone.
+            if let Some(id) = following.get_mut(name) {
+                *id = (*id).max(last);
             }
         }
-        for notify in woken {
-            notify.notify_waiters();
-        }
+    }
+    for topic in woken {
+        topic.wake();
     }
 }
 

@@ -1,0 +1,349 @@
+//! One stream's subscription: a cursor in each topic's ring, read straight
+//! into the stream's frames, in the hub's order, with the lag policy applied
+//! as it reads.
+
+use std::{
+    collections::VecDeque,
+    sync::{Arc, Mutex, PoisonError, atomic::Ordering},
+    task::{Context, Poll, Waker},
+};
+
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use tokio::time::Instant;
+
+use super::{
+    Hub, LAGGED_EVENT, LagPolicy, MAX_BATCH, RESET_EVENT, Resume, TooManyTopics,
+    topic::{Key, Topic},
+};
+use crate::{Event, frame::MAX_FRAME};
+
+/// The stream must end: it fell behind under [`LagPolicy::Close`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Lagged;
+
+/// Where a subscription starts, once known (on Redis, after a replay).
+pub(crate) struct Begun {
+    /// Deliver only what comes after this key.
+    pub(crate) after: Key,
+    /// Sent first: a reset notice, replayed events.
+    pub(crate) first: Vec<Bytes>,
+}
+
+/// A stream's place in each of its topics. Dropping it leaves the topics.
+pub(crate) struct Subscription {
+    hub: Hub,
+    /// Numbers this stream's waker registrations.
+    id: u64,
+    lanes: Vec<Lane>,
+    /// The newest key delivered (or skipped by a reset): nothing at or below
+    /// it is ever delivered, whatever a ring later receives.
+    high_water: Key,
+    /// Sent before anything read from the rings.
+    first: VecDeque<Bytes>,
+    /// Events missed and not yet announced.
+    missed: u64,
+    /// Finds where the subscription starts (Redis: follows the topics and
+    /// replays from Redis). The lanes are read once it is done. The `Mutex`
+    /// keeps the body `Sync` and is never locked (`get_mut`).
+    starting: Option<Mutex<BoxFuture<'static, Begun>>>,
+    /// The waker the topics hold for this stream.
+    waker: Option<Waker>,
+    /// It left its topics.
+    closed: bool,
+}
+
+struct Lane {
+    name: Arc<str>,
+    topic: Arc<Topic>,
+    /// The index in the ring of the next event to read.
+    cursor: u64,
+    /// The topic's wake-up epoch this stream registered in.
+    epoch: Option<u64>,
+}
+
+impl Subscription {
+    /// Subscribes to `names` (each listed once) from `resume`.
+    pub(crate) fn new(hub: &Hub, names: &[&str], resume: Resume) -> Result<Self, TooManyTopics> {
+        let inner = &hub.inner;
+        let lanes = inner
+            .acquire(names)?
+            .into_iter()
+            .map(|(name, topic)| Lane {
+                name,
+                topic,
+                cursor: 0,
+                epoch: None,
+            })
+            .collect();
+        inner.subscribers.fetch_add(1, Ordering::Relaxed);
+        let mut subscription = Self {
+            hub: hub.clone(),
+            id: inner.next_stream.fetch_add(1, Ordering::Relaxed),
+            lanes,
+            high_water: (0, 0),
+            first: VecDeque::new(),
+            missed: 0,
+            starting: None,
+            waker: None,
+            closed: false,
+        };
+        #[cfg(feature = "redis")]
+        if let Some(backend) = &inner.redis {
+            let names = subscription.lanes.iter().map(|l| l.name.clone()).collect();
+            let topics = subscription.lanes.iter().map(|l| l.topic.clone()).collect();
+            subscription.starting = Some(Mutex::new(backend.begin(
+                hub.clone(),
+                names,
+                topics,
+                resume,
+            )));
+            return Ok(subscription);
+        }
+        let begun = subscription.begin_local(&resume);
+        subscription.start(begun);
+        Ok(subscription)
+    }
+
+    /// Where a subscription to in-memory rings starts.
+    fn begin_local(&self, resume: &Resume) -> Begun {
+        let inner = &self.hub.inner;
+        let now = Instant::now();
+        // `max_age` holds on read, however long the topic was left alone.
+        for lane in &self.lanes {
+            lane.topic.write().evict(inner.window, inner.max_age, now);
+        }
+        let published = inner.published.load(Ordering::Acquire);
+        let live = (published, 0);
+        let id = match resume {
+            Resume::Live => return Begun::live(live),
+            Resume::Unusable => return Begun::reset(live, resume),
+            // Live only: the rings are there to deliver, not to replay.
+            Resume::After(_) if inner.history == 0 => return Begun::reset(live, resume),
+            Resume::After(id) => id,
+        };
+        // The id's place in the hub's order: an id in history, or a sequence
+        // number this hub has handed out.
+        let key = self
+            .lanes
+            .iter()
+            .find_map(|lane| {
+                let ring = lane.topic.read();
+                ring.entries
+                    .iter()
+                    .rev()
+                    .find(|e| *e.id == **id)
+                    .map(|e| e.key)
+            })
+            .or_else(|| {
+                let seq = id.parse::<u64>().ok()?;
+                (seq <= published).then_some((seq, 0))
+            });
+        let resumable = key.filter(|key| {
+            self.lanes
+                .iter()
+                .all(|lane| lane.topic.read().floor.is_none_or(|floor| floor <= *key))
+        });
+        match resumable {
+            Some(key) => Begun::live(key),
+            None => Begun::reset(live, resume),
+        }
+    }
+
+    fn start(&mut self, begun: Begun) {
+        self.high_water = begun.after;
+        for lane in &mut self.lanes {
+            lane.cursor = lane.topic.read().index_after(begun.after);
+        }
+        self.first.extend(begun.first);
+    }
+
+    /// Adds `count` events missed elsewhere (a dropping buffer) to the next
+    /// lag notice.
+    pub(crate) fn missed(&mut self, count: u64) {
+        self.hub.inner.lagged.fetch_add(count, Ordering::Relaxed);
+        self.missed += count;
+    }
+
+    /// Moves what the stream is to send next into `out`: at most `limit`
+    /// events and about 64 KiB (one larger event goes alone). `Pending`
+    /// with nothing to send, `cx` woken when there is.
+    pub(crate) fn poll_read(
+        &mut self,
+        cx: &mut Context<'_>,
+        limit: usize,
+        out: &mut Vec<Bytes>,
+    ) -> Poll<Result<(), Lagged>> {
+        if self.closed {
+            return Poll::Pending;
+        }
+        if let Some(starting) = &mut self.starting {
+            let starting = starting.get_mut().unwrap_or_else(PoisonError::into_inner);
+            let begun = std::task::ready!(starting.as_mut().poll(cx));
+            self.starting = None;
+            self.start(begun);
+        }
+        let limit = limit.clamp(1, MAX_BATCH);
+        let mut size = 0;
+        while out.len() < limit && size < MAX_FRAME {
+            let Some(bytes) = self.first.pop_front() else {
+                break;
+            };
+            size += bytes.len();
+            out.push(bytes);
+        }
+        if !self.first.is_empty() {
+            return Poll::Ready(Ok(()));
+        }
+        self.register(cx.waker());
+        self.read(limit, size, out)?;
+        if out.is_empty() {
+            return Poll::Pending;
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// Registers for each topic's next event, unless registered already
+    /// with this waker since the topic last woke its streams.
+    fn register(&mut self, waker: &Waker) {
+        let same = self.waker.as_ref().is_some_and(|w| w.will_wake(waker));
+        for lane in &mut self.lanes {
+            if !same || lane.epoch != Some(lane.topic.epoch()) {
+                lane.epoch = Some(lane.topic.register(self.id, waker));
+            }
+        }
+        if !same {
+            self.waker = Some(waker.clone());
+        }
+    }
+
+    /// Reads the rings after the cursors, in the hub's order, into `out`.
+    fn read(&mut self, limit: usize, mut size: usize, out: &mut Vec<Bytes>) -> Result<(), Lagged> {
+        let inner = &self.hub.inner;
+        let bound = self.bound();
+        // What each ring has for this stream, read one ring at a time (a
+        // stream never holds two rings' locks): (key, lane, index, bytes).
+        let mut found: Vec<(Key, usize, u64, Bytes)> = Vec::new();
+        let mut missed = 0;
+        for (i, lane) in self.lanes.iter_mut().enumerate() {
+            let ring = lane.topic.read();
+            if lane.cursor < ring.first_index {
+                missed += ring.first_index - lane.cursor;
+                lane.cursor = ring.first_index;
+            }
+            let mut index = lane.cursor;
+            let mut taken = 0;
+            let mut bytes = 0;
+            while taken < limit && bytes < MAX_FRAME {
+                let Some(entry) = ring.get(index) else { break };
+                if entry.key > bound {
+                    break;
+                }
+                if entry.key <= self.high_water {
+                    // Delivered already (a replay from Redis reached it).
+                    lane.cursor = index + 1;
+                } else {
+                    found.push((entry.key, i, index, entry.bytes.clone()));
+                    taken += 1;
+                    bytes += entry.bytes.len();
+                }
+                index += 1;
+            }
+        }
+        if missed > 0 {
+            inner.lagged.fetch_add(missed, Ordering::Relaxed);
+            tracing::debug!(missed, "subscriber lagged");
+            if inner.lag == LagPolicy::Close {
+                return Err(Lagged);
+            }
+            self.missed += missed;
+        }
+        if self.missed > 0 {
+            let notice = Event::new(self.missed.to_string()).name(LAGGED_EVENT);
+            if let Ok(bytes) = notice.encode() {
+                size += bytes.len();
+                out.push(bytes);
+            }
+            self.missed = 0;
+        }
+        if self.lanes.len() > 1 {
+            found.sort_unstable_by_key(|(key, ..)| *key);
+        }
+        for (key, lane, index, bytes) in found {
+            if out.len() >= limit || (size > 0 && size + bytes.len() > MAX_FRAME) {
+                break;
+            }
+            size += bytes.len();
+            out.push(bytes);
+            self.lanes[lane].cursor = index + 1;
+            self.high_water = key;
+        }
+        Ok(())
+    }
+
+    /// The newest key this stream may deliver now: every topic of the
+    /// stream has all its events up to it in its ring.
+    fn bound(&self) -> Key {
+        let inner = &self.hub.inner;
+        if !inner.is_redis() {
+            return (inner.published.load(Ordering::Acquire), u64::MAX);
+        }
+        if self.lanes.len() == 1 {
+            return (u64::MAX, u64::MAX);
+        }
+        self.lanes
+            .iter()
+            .map(|lane| lane.topic.read().complete)
+            .min()
+            .unwrap_or_default()
+    }
+}
+
+impl Subscription {
+    /// Leaves the topics (at once, rather than when dropped).
+    pub(crate) fn close(&mut self) {
+        if self.closed {
+            return;
+        }
+        self.closed = true;
+        self.starting = None;
+        for lane in &self.lanes {
+            lane.topic.unregister(self.id);
+        }
+        let taken: Vec<_> = self
+            .lanes
+            .drain(..)
+            .map(|lane| (lane.name, lane.topic))
+            .collect();
+        let inner = &self.hub.inner;
+        inner.release(&taken);
+        inner.subscribers.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+impl Begun {
+    /// Live events after `after`.
+    pub(crate) fn live(after: Key) -> Self {
+        Self {
+            after,
+            first: Vec::new(),
+        }
+    }
+
+    /// A reset (echoing the id when usable, see [`RESET_EVENT`]), then live
+    /// events after `after`.
+    pub(crate) fn reset(after: Key, resume: &Resume) -> Self {
+        let echo = resume.id().unwrap_or_default();
+        let first = Event::new(echo).name(RESET_EVENT).encode().ok();
+        Self {
+            after,
+            first: first.into_iter().collect(),
+        }
+    }
+}

@@ -1,0 +1,180 @@
+//! One topic of a hub: its ring of encoded events, and the streams waiting
+//! for its next event.
+
+use std::{
+    collections::{HashMap, VecDeque},
+    sync::{
+        Arc, Mutex, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard,
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
+    },
+    task::Waker,
+    time::Duration,
+};
+
+use bytes::Bytes;
+use tokio::time::Instant;
+
+/// An event's place in a hub's order, the same in every topic: `(seq, 0)`
+/// for the in-memory hub's sequence numbers, `(ms, seq)` for Redis entry ids.
+pub(crate) type Key = (u64, u64);
+
+/// One event of a topic, encoded once and shared by every stream that sends it.
+pub(crate) struct Entry {
+    pub(crate) key: Key,
+    /// The event's SSE id (a publisher's own id, a sequence number, a Redis id).
+    pub(crate) id: Arc<str>,
+    pub(crate) bytes: Bytes,
+    pub(crate) at: Instant,
+}
+
+/// A topic's events: the newest `window` of them, or fewer.
+pub(crate) struct Ring {
+    pub(crate) entries: VecDeque<Entry>,
+    /// How many events of this topic came before `entries[0]`.
+    pub(crate) first_index: u64,
+    /// The key of the newest event no longer held (evicted, or, on Redis,
+    /// published before this node followed the topic): a resume from an
+    /// older key cannot be served from this ring.
+    pub(crate) floor: Option<Key>,
+    /// On Redis: every entry of the topic up to this key is in the ring (or
+    /// older than `floor`). A stream of several topics delivers no entry
+    /// above the lowest of its topics' `complete`, so that one topic's
+    /// entries never overtake another's still on their way from Redis.
+    pub(crate) complete: Key,
+    /// On Redis: the node's reader follows the topic, from `floor` (until
+    /// then the ring takes nothing, and no stream resumes from it).
+    pub(crate) followed: bool,
+}
+
+impl Ring {
+    fn new(followed: bool) -> Self {
+        Self {
+            entries: VecDeque::new(),
+            first_index: 0,
+            complete: (0, 0),
+            floor: None,
+            followed,
+        }
+    }
+
+    /// The newest key the ring holds or knows complete.
+    pub(crate) fn last_key(&self) -> Key {
+        let newest = self.entries.back().map(|e| e.key);
+        newest
+            .max(self.floor)
+            .unwrap_or_default()
+            .max(self.complete)
+    }
+
+    /// The entry at a stream's `cursor`, if the ring has it.
+    pub(crate) fn get(&self, cursor: u64) -> Option<&Entry> {
+        let offset = cursor.checked_sub(self.first_index)?;
+        self.entries.get(usize::try_from(offset).ok()?)
+    }
+
+    /// The index of the first entry above `key`.
+    pub(crate) fn index_after(&self, key: Key) -> u64 {
+        self.first_index + self.entries.partition_point(|e| e.key <= key) as u64
+    }
+
+    pub(crate) fn push(&mut self, entry: Entry) {
+        self.entries.push_back(entry);
+    }
+
+    /// Forgets the events beyond the newest `window`, and those older than `max_age`.
+    pub(crate) fn evict(&mut self, window: usize, max_age: Option<Duration>, now: Instant) {
+        while let Some(oldest) = self.entries.front() {
+            let too_many = self.entries.len() > window;
+            let too_old = max_age.is_some_and(|age| now.duration_since(oldest.at) > age);
+            if !too_many && !too_old {
+                break;
+            }
+            self.floor = Some(oldest.key);
+            self.entries.pop_front();
+            self.first_index += 1;
+        }
+    }
+}
+
+/// A topic: its ring, and the wakers of the streams that read it all and
+/// wait for more.
+///
+/// Lock order: the hub's topic map, then a ring, then the wakers; a stream
+/// never holds two rings at once. Nothing user-reachable runs under these
+/// locks: wakers are taken out and woken after the guard is dropped, and an
+/// evicted entry holds only bytes the hub encoded.
+pub(crate) struct Topic {
+    ring: RwLock<Ring>,
+    wakers: Mutex<HashMap<u64, Waker>>,
+    /// Bumped each time the wakers are taken: a stream whose registration
+    /// is from the current epoch is still registered.
+    epoch: AtomicU64,
+    /// Streams subscribed; changed only under the hub's topic map lock, so
+    /// that the last one leaving and a new one arriving cannot race.
+    pub(crate) subscribers: AtomicUsize,
+    /// Whether the topic waits in the hub's expiry queue (changed under the
+    /// topic map lock too).
+    pub(crate) expiring: AtomicBool,
+}
+
+impl Topic {
+    /// A topic; `followed`: its ring takes events now (always, in memory;
+    /// on Redis once the reader follows it).
+    pub(crate) fn new(followed: bool) -> Self {
+        Self {
+            ring: RwLock::new(Ring::new(followed)),
+            wakers: Mutex::new(HashMap::new()),
+            epoch: AtomicU64::new(0),
+            subscribers: AtomicUsize::new(0),
+            expiring: AtomicBool::new(false),
+        }
+    }
+
+    pub(crate) fn read(&self) -> RwLockReadGuard<'_, Ring> {
+        self.ring.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(crate) fn write(&self) -> RwLockWriteGuard<'_, Ring> {
+        self.ring.write().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(crate) fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
+    }
+
+    /// Registers stream `id`'s waker for the next event; returns the epoch
+    /// it is registered in. Call before reading the ring, so that an event
+    /// published in between wakes it.
+    pub(crate) fn register(&self, id: u64, waker: &Waker) -> u64 {
+        let waker = waker.clone();
+        let mut wakers = self.wakers.lock().unwrap_or_else(PoisonError::into_inner);
+        let previous = wakers.insert(id, waker);
+        let epoch = self.epoch.load(Ordering::Acquire);
+        drop(wakers);
+        drop(previous);
+        epoch
+    }
+
+    pub(crate) fn unregister(&self, id: u64) {
+        let removed = self
+            .wakers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&id);
+        drop(removed);
+    }
+
+    /// Wakes every registered stream (they register again when they wait).
+    pub(crate) fn wake(&self) {
+        let mut wakers = self.wakers.lock().unwrap_or_else(PoisonError::into_inner);
+        if wakers.is_empty() {
+            return;
+        }
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+        let taken = std::mem::take(&mut *wakers);
+        drop(wakers);
+        for (_, waker) in taken {
+            waker.wake();
+        }
+    }
+}
