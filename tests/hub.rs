@@ -16,18 +16,15 @@ use tower_sse::{
 };
 
 fn app(hub: &Hub, buffer: Buffer) -> Router {
-    let topics = |ctx: &tower_sse::StreamContext| {
-        ctx.uri()
-            .query()
+    let topics = |uri: &axum::http::Uri| {
+        uri.query()
             .unwrap_or("main")
             .split(',')
             .map(str::to_owned)
             .collect()
     };
-    let layer = SseLayer::new(hub.ready(topics))
-        .buffer(buffer)
-        .heartbeat(Duration::from_millis(200));
-    Router::new().route("/events", get(|| async {}).layer(common::in_mode(layer)))
+    let layer = hub_layer(hub, buffer, topics).heartbeat(Duration::from_millis(200));
+    Router::new().route("/events", get(|| async {}).layer(layer))
 }
 
 async fn open(addr: std::net::SocketAddr, query: &str, last: Option<&str>) -> reqwest::Response {

@@ -20,7 +20,7 @@ use std::{
 
 use axum::{Router, routing::get};
 use common::*;
-use tower_sse::{Event, Hub, PublishError, RESET_EVENT, SseLayer};
+use tower_sse::{Event, Hub, PublishError, RESET_EVENT};
 
 /// The Redis to test against, or `None` (with a message) to skip.
 fn redis_url() -> Option<String> {
@@ -63,10 +63,11 @@ async fn node_with_topics(
         .build_redis(url)
         .await
         .unwrap();
-    let layer = SseLayer::new(hub.ready(|_ctx| topics.iter().map(|t| (*t).to_owned()).collect()))
-        .heartbeat(Duration::from_millis(100));
-    let addr =
-        serve(Router::new().route("/events", get(|| async {}).layer(common::in_mode(layer)))).await;
+    let layer = hub_layer(&hub, tower_sse::Buffer::fixed(10), |_uri| {
+        topics.iter().map(|t| (*t).to_owned()).collect()
+    })
+    .heartbeat(Duration::from_millis(100));
+    let addr = serve(Router::new().route("/events", get(|| async {}).layer(layer))).await;
     (hub, addr)
 }
 

@@ -12,6 +12,7 @@ use std::{
     cmp::Reverse,
     collections::{BinaryHeap, HashMap, HashSet},
     fmt,
+    future::Future,
     sync::{
         Arc, Mutex, MutexGuard, PoisonError,
         atomic::{AtomicU64, AtomicUsize, Ordering},
@@ -19,6 +20,7 @@ use std::{
     time::Duration,
 };
 
+use futures::future::BoxFuture;
 use tokio::time::Instant;
 
 use crate::{Event, EventError, EventSender, LAST_EVENT_ID, StreamContext};
@@ -194,6 +196,8 @@ struct Inner {
     subscribers: AtomicUsize,
     /// Numbers the streams, for their waker registrations.
     next_stream: AtomicU64,
+    /// Sent in place of a reset or a lag notice (`HubBuilder::snapshot`).
+    snapshot: Option<Arc<SnapshotFn>>,
     #[cfg(feature = "redis")]
     redis: Option<redis::Backend>,
 }
@@ -280,10 +284,14 @@ impl Topics {
     }
 }
 
+/// A topic's current state, as one event (see [`HubBuilder::snapshot`]).
+type SnapshotFn = dyn Fn(String) -> BoxFuture<'static, Event> + Send + Sync;
+
 /// Builds a [`Hub`] with a history size, a history age and a lag policy.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 #[must_use = "a HubBuilder does nothing until built"]
 pub struct HubBuilder {
+    snapshot: Option<Arc<SnapshotFn>>,
     history: usize,
     max_age: Option<Duration>,
     max_topics: Option<usize>,
@@ -333,6 +341,47 @@ impl HubBuilder {
         self
     }
 
+    /// Sends a topic's current state where a stream would have a gap:
+    /// instead of a [`RESET_EVENT`] (its `Last-Event-ID` is older than
+    /// history, or unknown) or a [`LAGGED_EVENT`] (it fell behind, under
+    /// [`LagPolicy::Notify`]), the stream gets `snapshot(topic)` for each of
+    /// its topics, stamped with an id, then every event after that id. The
+    /// client never reloads, and no event falls between the snapshot and
+    /// what follows it.
+    ///
+    /// The id is the hub's position taken just before `snapshot` is called
+    /// (any `id` the event has is replaced), so the snapshot must reflect
+    /// at least every event published before the call: update the state,
+    /// then publish. An event published while `snapshot` runs may be both
+    /// in it and sent after it; make applying an event twice harmless (set
+    /// a value rather than add to it, or carry a version in the data).
+    ///
+    /// ```
+    /// use std::sync::{Arc, Mutex};
+    /// use tower_sse::{Event, Hub};
+    ///
+    /// let scores = Arc::new(Mutex::new(String::from("{}")));
+    /// let hub = Hub::builder()
+    ///     .history(100)
+    ///     .snapshot({
+    ///         let scores = scores.clone();
+    ///         move |_topic: String| {
+    ///             let now = scores.lock().unwrap().clone();
+    ///             async move { Event::new(now).name("snapshot") }
+    ///         }
+    ///     })
+    ///     .build();
+    /// # let _ = hub;
+    /// ```
+    pub fn snapshot<F, Fut>(mut self, snapshot: F) -> Self
+    where
+        F: Fn(String) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Event> + Send + 'static,
+    {
+        self.snapshot = Some(Arc::new(move |topic| Box::pin(snapshot(topic))));
+        self
+    }
+
     /// What happens to a stream that falls behind the history (default [`LagPolicy::Notify`]).
     pub fn lag_policy(mut self, lag: LagPolicy) -> Self {
         self.lag = lag;
@@ -378,13 +427,36 @@ impl HubBuilder {
             lagged: AtomicU64::new(0),
             subscribers: AtomicUsize::new(0),
             next_stream: AtomicU64::new(0),
+            snapshot: self.snapshot.clone(),
             #[cfg(feature = "redis")]
             redis: None,
         }
     }
 }
 
+impl fmt::Debug for HubBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HubBuilder")
+            .field("history", &self.history)
+            .field("max_age", &self.max_age)
+            .field("max_topics", &self.max_topics)
+            .field("lag", &self.lag)
+            .field("snapshot", &self.snapshot.is_some())
+            .field("key_prefix", &self.key_prefix)
+            .finish()
+    }
+}
+
 impl Inner {
+    /// The SSE id of a position in the hub's order.
+    fn key_id(&self, (a, b): Key) -> String {
+        if self.is_redis() {
+            format!("{a}-{b}")
+        } else {
+            a.to_string()
+        }
+    }
+
     fn is_redis(&self) -> bool {
         #[cfg(feature = "redis")]
         return self.redis.is_some();
@@ -509,6 +581,7 @@ impl Hub {
     /// A builder for a hub with other settings.
     pub fn builder() -> HubBuilder {
         HubBuilder {
+            snapshot: None,
             history: 1000,
             max_age: None,
             max_topics: None,

@@ -261,7 +261,11 @@ impl Backend {
                         .iter()
                         .all(|topic| topic.read().floor.is_some_and(|floor| floor <= after));
                     if complete && joins {
-                        return Begun { after, first };
+                        return Begun {
+                            after,
+                            first,
+                            reset: false,
+                        };
                     }
                 }
             }

@@ -28,6 +28,9 @@ pub(crate) struct Begun {
     pub(crate) after: Key,
     /// Sent first: a reset notice, replayed events.
     pub(crate) first: Vec<Bytes>,
+    /// The id could not be resumed from: a hub with a snapshot function
+    /// sends snapshots instead of `first`.
+    pub(crate) reset: bool,
 }
 
 /// A stream's place in each of its topics. Dropping it leaves the topics.
@@ -151,7 +154,10 @@ impl Subscription {
     }
 
     fn start(&mut self, begun: Begun) {
-        self.high_water = begun.after;
+        if begun.reset && self.snapshot() {
+            return;
+        }
+        self.high_water = self.high_water.max(begun.after);
         for lane in &mut self.lanes {
             lane.cursor = lane.topic.read().index_after(begun.after);
         }
@@ -177,7 +183,10 @@ impl Subscription {
         if self.closed {
             return Poll::Pending;
         }
-        if let Some(starting) = &mut self.starting {
+        loop {
+            let Some(starting) = &mut self.starting else {
+                break;
+            };
             let starting = starting.get_mut().unwrap_or_else(PoisonError::into_inner);
             let begun = std::task::ready!(starting.as_mut().poll(cx));
             self.starting = None;
@@ -197,10 +206,67 @@ impl Subscription {
         }
         self.register(cx.waker());
         self.read(limit, size, out)?;
+        if self.starting.is_some() {
+            // It fell behind, and snapshots are on their way instead.
+            return self.poll_read(cx, limit, out);
+        }
         if out.is_empty() {
             return Poll::Pending;
         }
         Poll::Ready(Ok(()))
+    }
+
+    /// Where every topic of the stream has all its events now.
+    fn position(&self) -> Key {
+        let inner = &self.hub.inner;
+        if !inner.is_redis() {
+            return (inner.published.load(Ordering::Acquire), 0);
+        }
+        self.lanes
+            .iter()
+            .map(|lane| lane.topic.read().complete)
+            .min()
+            .unwrap_or_default()
+    }
+
+    /// With a snapshot function, starts sending each topic's snapshot in
+    /// place of a gap; `false` without one.
+    ///
+    /// Each snapshot is stamped with the position of the hub taken before
+    /// the function is called, and the stream goes on after that position:
+    /// an event published before the call is in the snapshot, one published
+    /// after it follows it (and may be in it too).
+    fn snapshot(&mut self) -> bool {
+        let Some(snapshot) = self.hub.inner.snapshot.clone() else {
+            return false;
+        };
+        let after = self.position();
+        let id = self.hub.inner.key_id(after);
+        let names: Vec<String> = self.lanes.iter().map(|l| l.name.to_string()).collect();
+        self.first.clear();
+        self.missed = 0;
+        let taking = async move {
+            let mut first = Vec::with_capacity(names.len());
+            for name in names {
+                let mut event = snapshot(name.clone()).await;
+                event.id = Some(id.clone());
+                match event.encode() {
+                    Ok(bytes) => first.push(bytes),
+                    Err(err) => {
+                        // Say there is a gap rather than hide it.
+                        tracing::error!(%err, topic = name, "invalid snapshot: sending a reset");
+                        first.extend(Event::new("").name(RESET_EVENT).encode().ok());
+                    }
+                }
+            }
+            Begun {
+                after,
+                first,
+                reset: false,
+            }
+        };
+        self.starting = Some(Mutex::new(Box::pin(taking)));
+        true
     }
 
     /// Registers for each topic's next event, unless registered already
@@ -255,6 +321,9 @@ impl Subscription {
             tracing::debug!(missed, "subscriber lagged");
             if inner.lag == LagPolicy::Close {
                 return Err(Lagged);
+            }
+            if self.snapshot() {
+                return Ok(());
             }
             self.missed += missed;
         }
@@ -333,6 +402,7 @@ impl Begun {
         Self {
             after,
             first: Vec::new(),
+            reset: false,
         }
     }
 
@@ -344,6 +414,7 @@ impl Begun {
         Self {
             after,
             first: first.into_iter().collect(),
+            reset: true,
         }
     }
 }
