@@ -11,7 +11,10 @@
 //! With `--features redis` and `REDIS_URL` set, the hub lives on Redis: run
 //! two instances on two ports and a message posted on one shows on the other.
 
-use std::time::Duration;
+use std::{
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use axum::{
     Router,
@@ -20,52 +23,44 @@ use axum::{
     response::Html,
     routing::{get, post},
 };
-use tokio::sync::watch;
-use tower_sse::{Event, EventSender, Hub, SseLayer, StreamContext};
+use tower_sse::{CancellationToken, Event, Hub, Refusal, SseResponse, StreamContext};
 
 const TOPIC: &str = "chat";
 
 #[derive(Clone)]
 struct Chat {
     hub: Hub,
-    /// Bumped by `POST /kick`: every stream ends, every tab reconnects.
-    kicks: watch::Sender<u64>,
+    /// Cancelled by `POST /kick` (and replaced): every open stream ends,
+    /// every tab reconnects.
+    kick: Arc<Mutex<CancellationToken>>,
 }
 
 /// The chat's routes over `hub`.
 pub fn app(hub: Hub) -> Router {
-    let (kicks, _) = watch::channel(0);
-    let chat = Chat { hub, kicks };
-    let ready = {
-        let chat = chat.clone();
-        move |events: EventSender, ctx: StreamContext| {
-            let chat = chat.clone();
-            async move {
-                let mut kicked = chat.kicks.subscribe();
-                kicked.mark_unchanged();
-                // Reconnect quickly. A new tab starts with live messages; a
-                // reconnecting one sends Last-Event-ID and catches up.
-                if events
-                    .send(Event::default().retry(Duration::from_millis(300)))
-                    .await
-                    .is_err()
-                {
-                    return;
-                }
-                tokio::select! {
-                    _ = chat.hub.subscribe(&events, ctx.last_event_id(), &[TOPIC]) => {}
-                    _ = kicked.changed() => events.close(),
-                }
-            }
-        }
+    let chat = Chat {
+        hub,
+        kick: Arc::default(),
     };
-    let stream = SseLayer::new(ready).heartbeat(Duration::from_secs(15));
     Router::new()
         .route("/", get(|| async { Html(PAGE) }))
-        .route("/events", get(|| async {}).layer(stream))
+        .route("/events", get(events))
         .route("/messages", post(post_message))
         .route("/kick", post(kick))
         .with_state(chat)
+}
+
+/// The stream, served by the hub from the response body. A new tab starts
+/// with live messages; a reconnecting one sends `Last-Event-ID` and
+/// catches up from history.
+async fn events(State(chat): State<Chat>, ctx: StreamContext) -> Result<SseResponse, Refusal> {
+    let kicked = chat.kick.lock().unwrap().clone();
+    Ok(chat
+        .hub
+        .stream(&[TOPIC], ctx)?
+        .heartbeat(Duration::from_secs(15))
+        .shutdown_on(kicked)
+        // Sent as the stream ends: reconnect quickly.
+        .shutdown_event(Event::default().retry(Duration::from_millis(300))))
 }
 
 async fn post_message(State(chat): State<Chat>, text: String) -> (StatusCode, String) {
@@ -80,7 +75,8 @@ async fn post_message(State(chat): State<Chat>, text: String) -> (StatusCode, St
 }
 
 async fn kick(State(chat): State<Chat>) -> StatusCode {
-    chat.kicks.send_modify(|n| *n += 1);
+    let kicked = std::mem::take(&mut *chat.kick.lock().unwrap());
+    kicked.cancel();
     StatusCode::NO_CONTENT
 }
 

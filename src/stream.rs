@@ -13,7 +13,8 @@ use http::{
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    Buffer, DisconnectReason, Event, EventSender, EventStream, StreamContext, hub::HubSource,
+    Buffer, DisconnectReason, Event, EventSender, EventStream, StreamContext,
+    hub::{HubSource, Subscription},
     stats::SseStats,
 };
 
@@ -150,18 +151,47 @@ where
     SseResponse {
         config: StreamConfig::new(ready, heartbeat, buffer.into()),
         ctx,
+        subscription: None,
     }
 }
 
 /// An event-stream response from [`start_stream`]; implements [`IntoResponse`].
-#[derive(Debug)]
 #[must_use = "an SseResponse does nothing until it is returned as a response"]
 pub struct SseResponse {
     config: StreamConfig,
     ctx: StreamContext,
+    /// A hub stream's place in its topics ([`Hub::stream`](crate::Hub::stream)).
+    subscription: Option<Subscription>,
+}
+
+impl fmt::Debug for SseResponse {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SseResponse")
+            .field("config", &self.config)
+            .field("ctx", &self.ctx)
+            .field("hub", &self.subscription.is_some())
+            .finish()
+    }
 }
 
 impl SseResponse {
+    /// A hub stream's response (see [`Hub::stream`](crate::Hub::stream)).
+    pub(crate) fn for_subscription(ctx: StreamContext, subscription: Option<Subscription>) -> Self {
+        let ready = |_events: EventSender, _ctx: StreamContext| async {};
+        Self {
+            config: StreamConfig::new(ready, DEFAULT_HEARTBEAT, Buffer::fixed(1)),
+            ctx,
+            subscription,
+        }
+    }
+
+    /// Sends a heartbeat comment after each `delay` of silence;
+    /// `Duration::ZERO` turns heartbeats off.
+    pub fn heartbeat(mut self, delay: Duration) -> Self {
+        self.config.heartbeat = delay;
+        self
+    }
+
     /// Calls `f` once when the stream ends, with the request context and why
     /// it ended (Pedestal's `:on-client-disconnect`). A panic in `f` is caught
     /// and logged.
@@ -209,8 +239,11 @@ impl SseResponse {
     /// The response as a plain `http::Response`, for servers other than axum.
     pub fn into_http(self) -> http::Response<EventStream> {
         let version = self.ctx.version();
-        let mut response =
-            http::Response::new(EventStream::new(Arc::new(self.config), self.ctx, None));
+        let mut response = http::Response::new(EventStream::new(
+            Arc::new(self.config),
+            self.ctx,
+            self.subscription,
+        ));
         set_stream_headers(response.headers_mut(), version);
         response
     }

@@ -163,6 +163,9 @@ async fn a_stream_that_falls_behind_gets_a_snapshot_instead_of_a_gap() {
         hub.lagged_events()
     );
     assert!(snapshots >= 1, "the stream never fell behind");
-    assert!(received.len() > snapshots + 100, "few events besides snapshots");
+    assert!(
+        received.len() > snapshots + 100,
+        "few events besides snapshots"
+    );
     assert!(hub.lagged_events() > 0);
 }

@@ -7,7 +7,7 @@ use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header::CONTENT_TYPE, request::Parts};
 
 use super::{Hub, Resume, Subscription, TooManyTopics, distinct};
-use crate::SseLayer;
+use crate::{SseLayer, SseResponse, StreamContext};
 
 /// Picks a stream's topics from its request, or refuses it.
 pub(crate) type SelectFn = dyn Fn(&Parts) -> Result<Vec<String>, Refusal> + Send + Sync;
@@ -38,11 +38,7 @@ impl HubSource {
 
     /// Subscribes a stream to what it selected; a refusal when the hub is full.
     pub(crate) fn subscribe(&self, selected: Selected) -> Result<Subscription, Refusal> {
-        let names = distinct(&selected.topics);
-        Subscription::new(&self.hub, &names, selected.resume).map_err(|TooManyTopics(max)| {
-            tracing::warn!(max, "too many topics: stream refused");
-            Refusal::new(StatusCode::SERVICE_UNAVAILABLE, "too many topics\n")
-        })
+        self.hub.subscription(&selected.topics, selected.resume)
     }
 }
 
@@ -98,6 +94,12 @@ impl Refusal {
     }
 }
 
+impl axum::response::IntoResponse for Refusal {
+    fn into_response(self) -> axum::response::Response {
+        Refusal::into_response(self).map(axum::body::Body::from)
+    }
+}
+
 impl From<StatusCode> for Refusal {
     fn from(status: StatusCode) -> Self {
         let reason = status.canonical_reason().unwrap_or_default();
@@ -118,6 +120,65 @@ impl From<(StatusCode, String)> for Refusal {
 }
 
 impl Hub {
+    /// Subscribes a new stream to `topics` (each counted once) from `resume`.
+    fn subscription<T: AsRef<str>>(
+        &self,
+        topics: &[T],
+        resume: Resume,
+    ) -> Result<Subscription, Refusal> {
+        Subscription::new(self, &distinct(topics), resume).map_err(|TooManyTopics(max)| {
+            tracing::warn!(max, "too many topics: stream refused");
+            Refusal::new(StatusCode::SERVICE_UNAVAILABLE, "too many topics\n")
+        })
+    }
+
+    /// A hub stream as a handler's response, for topics the handler chose
+    /// (after any `async` check it needs), resuming from the request's
+    /// `Last-Event-ID`: the same stream as [`Hub::layer`] serves, read
+    /// straight from the body. Set its heartbeat, shutdown and stall
+    /// handling on the [`SseResponse`].
+    ///
+    /// # Errors
+    ///
+    /// A `503 Service Unavailable` refusal when a topic is new and the hub
+    /// holds [`max_topics`](crate::HubBuilder::max_topics) already.
+    ///
+    /// ```no_run
+    /// use axum::{Router, extract::{Path, State}, routing::get};
+    /// use http::StatusCode;
+    /// use tower_sse::{Hub, Refusal, SseResponse, StreamContext};
+    ///
+    /// async fn may_read(room: &str) -> bool { room != "staff" }
+    ///
+    /// async fn events(
+    ///     State(hub): State<Hub>,
+    ///     Path(room): Path<String>,
+    ///     ctx: StreamContext,
+    /// ) -> Result<SseResponse, Refusal> {
+    ///     if !may_read(&room).await {
+    ///         return Err(StatusCode::FORBIDDEN.into());
+    ///     }
+    ///     Ok(hub.stream(&[room], ctx)?.heartbeat(std::time::Duration::from_secs(15)))
+    /// }
+    ///
+    /// let app: Router = Router::new()
+    ///     .route("/rooms/{room}/events", get(events))
+    ///     .with_state(Hub::new());
+    /// ```
+    pub fn stream<T: AsRef<str>>(
+        &self,
+        topics: &[T],
+        ctx: StreamContext,
+    ) -> Result<SseResponse, Refusal> {
+        // A HEAD request opens no stream, and so takes no place in the hub.
+        let subscription = if ctx.method() == http::Method::HEAD {
+            None
+        } else {
+            Some(self.subscription(topics, Resume::from_headers(ctx.headers()))?)
+        };
+        Ok(SseResponse::for_subscription(ctx, subscription))
+    }
+
     /// A layer serving this hub's streams straight from the response body:
     /// each stream's body reads its topics' histories itself, with no task,
     /// buffer or [`EventSender`](crate::EventSender) per stream, so a
