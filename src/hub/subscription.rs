@@ -183,10 +183,7 @@ impl Subscription {
         if self.closed {
             return Poll::Pending;
         }
-        loop {
-            let Some(starting) = &mut self.starting else {
-                break;
-            };
+        while let Some(starting) = &mut self.starting {
             let starting = starting.get_mut().unwrap_or_else(PoisonError::into_inner);
             let begun = std::task::ready!(starting.as_mut().poll(cx));
             self.starting = None;
