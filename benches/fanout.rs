@@ -28,14 +28,17 @@
 //!
 //! Sections:
 //!
-//! - `memory`: tower-sse's in-memory [`Hub`] (`SseLayer::new(hub.ready(..))`,
-//!   default buffer and heartbeat) against a hand-rolled fan-out: a
+//! - `memory`: tower-sse's in-memory [`Hub`] (`hub.layer(..)`: streams read
+//!   the topic's ring from the body; default heartbeat) against a hand-rolled fan-out: a
 //!   `tokio::sync::broadcast` channel of `axum::response::sse::Event` (built
 //!   once by the publisher, cloned by every receiver) and, per subscriber,
 //!   `Sse::new(stream over the receiver).keep_alive(..)` that skips `Lagged`.
 //!   The broadcast capacity equals the hub's history (1,000), so both have the
-//!   same slack before a slow subscriber loses events. A diagnostic third
-//!   implementation, `layer-broadcast` (only with `--impls`), is a tower-sse
+//!   same slack before a slow subscriber loses events. Diagnostic
+//!   implementations (only with `--impls`): `hub-ready`, the same hub
+//!   through its compatible ready function (`SseLayer::new(hub.ready(..))`,
+//!   a buffer and a body-polled ready function per stream), and
+//!   `layer-broadcast`, a tower-sse
 //!   `SseLayer` whose ready function forwards a broadcast receiver with
 //!   `EventSender::send`: the layer's task and channel without the hub.
 //! - `redis` (built with `--features redis`): the in-memory hub on one node
@@ -205,8 +208,12 @@ fn say(line: &str) -> Result<(), Error> {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Imp {
-    /// tower-sse's in-memory hub.
+    /// tower-sse's in-memory hub, served from the body (`Hub::layer`).
     Hub,
+    /// Diagnostic: the in-memory hub through its compatible ready function
+    /// (`SseLayer::new(hub.ready(..))`: a buffer and a body-polled ready
+    /// function per stream).
+    HubReady,
     /// `tokio::sync::broadcast` + `axum::response::sse::Sse`.
     Broadcast,
     /// tower-sse's hub on Redis Streams, two nodes.
@@ -221,6 +228,7 @@ impl Imp {
     fn name(self) -> &'static str {
         match self {
             Imp::Hub => "hub",
+            Imp::HubReady => "hub-ready",
             Imp::Broadcast => "broadcast",
             Imp::Redis => "redis-2-nodes",
             Imp::LayerBroadcast => "layer-broadcast",
@@ -230,6 +238,7 @@ impl Imp {
     fn label(self) -> &'static str {
         match self {
             Imp::Hub => "tower-sse Hub (in memory)",
+            Imp::HubReady => "tower-sse Hub::ready (in memory)",
             Imp::Broadcast => "broadcast + axum Sse",
             Imp::Redis => "tower-sse Hub on Redis, 2 nodes",
             Imp::LayerBroadcast => "broadcast + tower-sse SseLayer",
@@ -237,10 +246,16 @@ impl Imp {
     }
 
     fn parse(name: &str) -> Result<Self, Error> {
-        [Imp::Hub, Imp::Broadcast, Imp::Redis, Imp::LayerBroadcast]
-            .into_iter()
-            .find(|imp| imp.name() == name)
-            .ok_or_else(|| format!("unknown implementation {name:?}").into())
+        [
+            Imp::Hub,
+            Imp::HubReady,
+            Imp::Broadcast,
+            Imp::Redis,
+            Imp::LayerBroadcast,
+        ]
+        .into_iter()
+        .find(|imp| imp.name() == name)
+        .ok_or_else(|| format!("unknown implementation {name:?}").into())
     }
 }
 
@@ -249,6 +264,7 @@ impl Imp {
 
 enum Source {
     Hub(Hub),
+    HubReady(Hub),
     Broadcast {
         tx: broadcast::Sender<AxumEvent>,
         lagged: Arc<AtomicU64>,
@@ -262,7 +278,7 @@ enum Source {
 impl Source {
     fn subscribers(&self) -> usize {
         match self {
-            Source::Hub(hub) => hub.subscribers(),
+            Source::Hub(hub) | Source::HubReady(hub) => hub.subscribers(),
             Source::Broadcast { tx, .. } => tx.receiver_count(),
             Source::LayerBroadcast { tx, .. } => tx.receiver_count(),
         }
@@ -270,7 +286,7 @@ impl Source {
 
     fn lagged(&self) -> u64 {
         match self {
-            Source::Hub(hub) => hub.lagged_events(),
+            Source::Hub(hub) | Source::HubReady(hub) => hub.lagged_events(),
             Source::Broadcast { lagged, .. } | Source::LayerBroadcast { lagged, .. } => {
                 lagged.load(Relaxed)
             }
@@ -280,7 +296,9 @@ impl Source {
     async fn publish(&self, seq: u64) -> bool {
         let data = format!("{seq} {}", now_ns());
         match self {
-            Source::Hub(hub) => hub.publish(TOPIC, Event::new(data)).await.is_ok(),
+            Source::Hub(hub) | Source::HubReady(hub) => {
+                hub.publish(TOPIC, Event::new(data)).await.is_ok()
+            }
             Source::Broadcast { tx, .. } => {
                 let event = AxumEvent::default().id(seq.to_string()).data(data);
                 // No receiver is not an error here: the client may have gone.
@@ -302,6 +320,12 @@ impl Source {
         };
         match self {
             Source::Hub(hub) => {
+                let layer = hub
+                    .layer(|_parts| Ok(vec![TOPIC.to_owned()]))
+                    .heartbeat(HEARTBEAT);
+                Router::new().route("/events", get(|| async {}).layer(layer))
+            }
+            Source::HubReady(hub) => {
                 let layer = sized(
                     SseLayer::new(hub.ready(|_ctx| vec![TOPIC.to_owned()])).heartbeat(HEARTBEAT),
                 );
@@ -388,6 +412,7 @@ fn server(args: &Args) -> Result<(), Error> {
     runtime.block_on(async {
         let source = match imp {
             Imp::Hub => Source::Hub(Hub::builder().history(SLACK).build()),
+            Imp::HubReady => Source::HubReady(Hub::builder().history(SLACK).build()),
             Imp::Broadcast => Source::Broadcast {
                 tx: broadcast::channel(SLACK).0,
                 lagged: Arc::new(AtomicU64::new(0)),

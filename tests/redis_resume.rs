@@ -28,7 +28,7 @@ use tokio::{
     io::{AsyncBufReadExt, AsyncWriteExt, BufReader},
     time::{Instant, timeout},
 };
-use tower_sse::{Event, Hub, SseLayer};
+use tower_sse::{Event, Hub};
 
 /// The Redis under test: `REDIS_URL`, or a `redis-server` of the test's own.
 struct Redis {
@@ -85,12 +85,13 @@ fn prefix(test: &str) -> String {
 async fn node(url: &str, prefix: &str) -> (Hub, SocketAddr) {
     let hub = Hub::builder().key_prefix(prefix).build_redis(url);
     let hub = hub.await.unwrap();
-    let topics = |ctx: &tower_sse::StreamContext| {
-        let query = ctx.uri().query().unwrap_or_default();
+    let topics = |uri: &axum::http::Uri| {
+        let query = uri.query().unwrap_or_default();
         query.split(',').map(str::to_owned).collect()
     };
-    let layer = SseLayer::new(hub.ready(topics)).heartbeat(Duration::from_millis(100));
-    let addr = serve(Router::new().route("/events", get(|| async {}).layer(in_mode(layer)))).await;
+    let layer =
+        hub_layer(&hub, tower_sse::Buffer::fixed(10), topics).heartbeat(Duration::from_millis(100));
+    let addr = serve(Router::new().route("/events", get(|| async {}).layer(layer))).await;
     (hub, addr)
 }
 

@@ -347,18 +347,17 @@ impl Backend {
     ) -> Result<Option<(Vec<(StreamId, String, Bytes)>, StreamId, bool)>, RedisError> {
         let mut conn = self.conn.clone();
         // Every entry up to the clock, read first, is in Redis before the
-        // reads below: whatever they return up to it is complete.
+        // reads below: whatever they return up to it is complete. (Without
+        // a clock, entries were written by something else than a hub: read
+        // to the end.)
         let clock: Option<String> = ::redis::cmd("GET")
             .arg(self.clock_key())
             .query_async(&mut conn)
             .await?;
-        let clock = clock
-            .as_deref()
-            .and_then(parse_id)
-            .unwrap_or(after)
-            .max(after);
+        let clock = clock.as_deref().and_then(parse_id).map(|c| c.max(after));
+        let upper = clock.map_or_else(|| "+".to_owned(), format_id);
         let mut merged = Vec::new();
-        let mut through = clock;
+        let mut cut: Option<StreamId> = None;
         let mut complete = true;
         for name in names {
             let key = self.key(name);
@@ -368,7 +367,7 @@ impl Backend {
             let reply: Value = ::redis::cmd("XRANGE")
                 .arg(&key)
                 .arg(format!("({}", format_id(after)))
-                .arg(format_id(clock))
+                .arg(&upper)
                 .arg("COUNT")
                 .arg(PAGE)
                 .query_async(&mut conn)
@@ -377,12 +376,14 @@ impl Backend {
             if entries.len() == PAGE {
                 // A full page: later entries of this topic come in the next round.
                 if let Some((last, _, _)) = entries.last() {
-                    through = through.min(*last);
+                    cut = Some(cut.map_or(*last, |cut| cut.min(*last)));
                 }
                 complete = false;
             }
             merged.extend(entries);
         }
+        let newest = merged.iter().map(|(id, _, _)| *id).max().unwrap_or(after);
+        let through = cut.or(clock).unwrap_or(newest).max(after);
         merged.sort_by_key(|(id, _, _)| *id);
         merged.retain(|(id, _, _)| *id <= through);
         Ok(Some((merged, through, complete)))
@@ -460,22 +461,31 @@ async fn read_loop(
             let _ = tokio::time::timeout(Duration::from_secs(1), wake.notified()).await;
             continue;
         }
-        let mut cmd = ::redis::cmd("XREAD");
-        cmd.arg("COUNT")
-            .arg(PAGE)
-            .arg("BLOCK")
-            .arg(READ_BLOCK.as_millis() as u64)
-            .arg("STREAMS");
-        for (name, _) in &topics {
-            cmd.arg(format!("{prefix}{name}"));
-        }
-        for (_, id) in &topics {
-            cmd.arg(format_id(*id));
-        }
-        let reply = match cmd.query_async::<Value>(&mut conn).await {
-            Ok(reply) => {
+        // Blocked, Redis answers with the first topic that got entries only
+        // (7.0): a second read, not blocking, is one snapshot of them all.
+        let read = async {
+            let first = xread(&mut conn, &prefix, &topics, Some(READ_BLOCK)).await?;
+            if first.values().all(Vec::is_empty) {
+                return Ok(None);
+            }
+            let after: Vec<(String, StreamId)> = topics
+                .iter()
+                .map(|(name, id)| {
+                    let last = first.get(name).and_then(|e| e.last()).map(|(id, _, _)| *id);
+                    (name.clone(), last.unwrap_or(*id).max(*id))
+                })
+                .collect();
+            let snapshot = xread(&mut conn, &prefix, &after, None).await?;
+            Ok::<_, RedisError>(Some((first, snapshot)))
+        };
+        let (mut first, snapshot) = match read.await {
+            Ok(Some(replies)) => {
                 backoff = Duration::from_millis(50);
-                reply
+                replies
+            }
+            Ok(None) => {
+                backoff = Duration::from_millis(50);
+                continue;
             }
             Err(err) => {
                 tracing::warn!(%err, "reading from Redis failed; retrying");
@@ -484,69 +494,104 @@ async fn read_loop(
                 continue;
             }
         };
+        let read: Vec<Read> = topics
+            .into_iter()
+            .map(|(name, _)| {
+                let mut entries = first.remove(&name).unwrap_or_default();
+                let more = snapshot.get(&name).map_or(&[][..], Vec::as_slice);
+                let cut_short = more.len() >= PAGE;
+                entries.extend(more.iter().cloned());
+                Read {
+                    name,
+                    entries,
+                    cut_short,
+                }
+            })
+            .collect();
         let Some(inner) = hub.upgrade() else { return };
-        deliver(&inner, &following, &prefix, &topics, &reply);
+        deliver(&inner, &following, read);
     }
 }
 
-/// Appends one `XREAD` reply to the rings, then wakes their streams.
-///
-/// The reply is one snapshot of Redis, and ids increase across topics in
-/// publish order: every entry with an id up to the newest in the reply was
-/// in Redis when it was made, so each topic it did not cut short (fewer than
-/// a page) is complete through that id, with or without entries of its own.
-fn deliver(
-    inner: &Inner,
-    following: &Mutex<HashMap<String, StreamId>>,
+/// What one round of the reader got for a topic.
+struct Read {
+    name: String,
+    entries: Vec<(StreamId, String, Bytes)>,
+    /// The snapshot read stopped at a page: later entries come next round.
+    cut_short: bool,
+}
+
+/// `XREAD` of `topics` after their ids (`COUNT PAGE`, `BLOCK` if given),
+/// by topic name.
+async fn xread(
+    conn: &mut ConnectionManager,
     prefix: &str,
-    asked: &[(String, StreamId)],
-    reply: &Value,
-) {
-    let mut replies: HashMap<&str, Vec<(StreamId, String, Bytes)>> = HashMap::new();
-    for (key, entries) in pairs(reply) {
+    topics: &[(String, StreamId)],
+    block: Option<Duration>,
+) -> Result<HashMap<String, Vec<(StreamId, String, Bytes)>>, RedisError> {
+    let mut cmd = ::redis::cmd("XREAD");
+    cmd.arg("COUNT").arg(PAGE);
+    if let Some(block) = block {
+        cmd.arg("BLOCK").arg(block.as_millis() as u64);
+    }
+    cmd.arg("STREAMS");
+    for (name, _) in topics {
+        cmd.arg(format!("{prefix}{name}"));
+    }
+    for (_, id) in topics {
+        cmd.arg(format_id(*id));
+    }
+    let reply: Value = cmd.query_async(conn).await?;
+    let mut read = HashMap::new();
+    for (key, entries) in pairs(&reply) {
         let Some(key) = text(&key) else { continue };
-        let Some(name) = key.strip_prefix(prefix) else {
-            continue;
-        };
-        if let Some((name, _)) = asked.iter().find(|(asked, _)| asked == name) {
-            replies.insert(name.as_str(), parse_entries(&entries));
+        if let Some(name) = key.strip_prefix(prefix) {
+            read.insert(name.to_owned(), parse_entries(&entries));
         }
     }
-    let Some(newest) = replies
-        .values()
-        .filter_map(|entries| entries.last().map(|(id, _, _)| *id))
+    Ok(read)
+}
+
+/// Appends one round of reads to the rings, then wakes their streams.
+///
+/// The second read of a round is one snapshot of Redis, and ids increase
+/// across topics in publish order: every entry with an id up to the newest
+/// read was in Redis when the snapshot was taken, so each topic the
+/// snapshot did not cut short is complete through that id, with or without
+/// entries of its own.
+fn deliver(inner: &Inner, following: &Mutex<HashMap<String, StreamId>>, read: Vec<Read>) {
+    let Some(newest) = read
+        .iter()
+        .filter_map(|r| r.entries.last().map(|(id, _, _)| *id))
         .max()
     else {
         return;
     };
-    let found: Vec<(&str, Option<Arc<Topic>>)> = {
+    let found: Vec<Option<Arc<Topic>>> = {
         let topics = inner.lock();
-        asked
-            .iter()
-            .map(|(name, _)| (name.as_str(), topics.map.get(name.as_str()).cloned()))
+        read.iter()
+            .map(|r| topics.map.get(r.name.as_str()).cloned())
             .collect()
     };
     let now = Instant::now();
     let mut woken = Vec::new();
     let mut read_to = Vec::new();
-    for (name, topic) in found {
-        let entries = replies.remove(name).unwrap_or_default();
-        let complete = if entries.len() >= PAGE {
-            entries.last().map_or(newest, |(id, _, _)| *id)
-        } else {
-            newest
+    for (read, topic) in read.into_iter().zip(found) {
+        let last = read.entries.last().map(|(id, _, _)| *id);
+        let complete = match last {
+            Some(last) if read.cut_short => last,
+            _ => newest,
         };
-        if let Some((last, _, _)) = entries.last() {
-            read_to.push((name, *last));
+        if let Some(last) = last {
+            read_to.push((read.name, last));
         }
         let Some(topic) = topic else { continue };
         let mut ring = topic.write();
         if !ring.followed {
             continue;
         }
-        let mut added = false;
-        for (stream_id, id, stored) in entries {
-            // Never twice, never behind: a ring followed again, or a reply
+        for (stream_id, id, stored) in read.entries {
+            // Never twice, never behind: a ring followed again, or a read
             // older than the ring's start, brings entries it has.
             if stream_id <= ring.last_key() {
                 continue;
@@ -557,20 +602,19 @@ fn deliver(
                 id: id.into(),
                 at: now,
             });
-            added = true;
         }
         ring.complete = ring.complete.max(complete);
         ring.evict(inner.window, inner.max_age, now);
         drop(ring);
-        // Streams of several topics may wait for `complete` alone.
-        let _ = added;
+        // Woken even with no entry: a stream of several topics may have
+        // waited for this one's `complete` alone.
         woken.push(topic);
     }
     {
         let mut following = following.lock().unwrap_or_else(PoisonError::into_inner);
         for (name, last) in read_to {
             // Only topics still followed: a topic left meanwhile stays gone.
-            if let Some(id) = following.get_mut(name) {
+            if let Some(id) = following.get_mut(&name) {
                 *id = (*id).max(last);
             }
         }
