@@ -427,3 +427,26 @@ async fn a_node_stops_reading_topics_nobody_subscribes_to() {
         }
     }
 }
+
+/// A live stream of several topics starts at the present, even when one of
+/// its topics is new to Redis and the node holds history of another.
+#[tokio::test]
+async fn a_live_stream_joining_a_new_topic_gets_no_history() {
+    let redis = Redis::start().await;
+    let prefix = prefix("live-new-topic");
+    let (hub, addr) = node(&redis.url, &prefix).await;
+    let mut history = open(addr, "a", None).await;
+    eventually("the first stream", || hub.subscribers() == 1).await;
+    for i in 0..20 {
+        hub.publish("a", format!("old {i}")).await.unwrap();
+    }
+    let old = read_until(&mut history, "old 19", 20).await;
+    assert_eq!(old.last().map(|(_, data)| data.as_str()), Some("old 19"));
+    let mut live = open(addr, "a,b", None).await;
+    eventually("the second stream", || hub.subscribers() == 2).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    hub.publish("a", "new").await.unwrap();
+    let seen = read_until(&mut live, "new", 25).await;
+    let data: Vec<&str> = seen.iter().map(|(_, data)| data.as_str()).collect();
+    assert_eq!(data, ["new"], "a live stream got history");
+}

@@ -479,6 +479,9 @@ impl Inner {
             match topics.get_or_insert(name, self, now) {
                 Ok(topic) => {
                     topic.subscribers.fetch_add(1, Ordering::Relaxed);
+                    if names.len() > 1 {
+                        topic.multi.fetch_add(1, Ordering::Relaxed);
+                    }
                     let name = topics
                         .map
                         .get_key_value(*name)
@@ -503,6 +506,9 @@ impl Inner {
         {
             let mut topics = self.lock();
             for (name, topic) in taken {
+                if taken.len() > 1 {
+                    topic.multi.fetch_sub(1, Ordering::Relaxed);
+                }
                 if topic.subscribers.fetch_sub(1, Ordering::Relaxed) != 1 {
                     continue;
                 }
@@ -765,7 +771,9 @@ impl Hub {
         }
     }
 
-    /// Streams subscribed right now.
+    /// Streams subscribed right now: an event published once a stream is
+    /// counted reaches it. (On Redis a stream is counted once its node
+    /// follows its topics, at its body's first poll.)
     pub fn subscribers(&self) -> usize {
         self.inner.subscribers.load(Ordering::Relaxed)
     }

@@ -279,25 +279,30 @@ impl Backend {
             if topic.read().followed {
                 continue;
             }
-            let start = match self.last_id(name).await {
-                Ok(id) => id,
+            // The clock first: the topic has no entry between its last one
+            // and the clock, so the ring is complete through the clock.
+            let (start, complete) = match self.follow_point(name).await {
+                Ok(point) => point,
                 Err(err) => {
                     tracing::warn!(%err, topic = &**name, "Redis unavailable; following from now");
-                    (now_millis(), 0)
+                    ((now_millis(), 0), (now_millis(), 0))
                 }
             };
-            // The first follower's start stands; the ring takes entries after it.
-            let start = *self
+            // The first follower's start stands; the ring takes entries after
+            // it. Set under the same lock, so that the reader, which follows
+            // the topic from the moment it is in `following`, never finds the
+            // ring not yet following.
+            let mut following = self
                 .following
                 .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .entry(name.to_string())
-                .or_insert(start);
+                .unwrap_or_else(PoisonError::into_inner);
+            let first = *following.entry(name.to_string()).or_insert(start);
             let mut ring = topic.write();
             if !ring.followed {
                 ring.followed = true;
-                ring.floor = Some(start);
-                ring.complete = start;
+                ring.floor = Some(first);
+                // The clock read before `start` holds only if `start` stood.
+                ring.complete = if first == start { complete.max(start) } else { first };
                 new = true;
             }
         }
@@ -318,6 +323,19 @@ impl Backend {
         for name in names {
             following.remove(&**name);
         }
+    }
+
+    /// Where to follow `topic` from (its last entry id), and the hub's
+    /// clock read just before.
+    async fn follow_point(&self, topic: &str) -> Result<(StreamId, StreamId), RedisError> {
+        let mut conn = self.conn.clone();
+        let clock: Option<String> = ::redis::cmd("GET")
+            .arg(self.clock_key())
+            .query_async(&mut conn)
+            .await?;
+        let last = self.last_id(topic).await?;
+        let clock = clock.as_deref().and_then(parse_id).unwrap_or_default();
+        Ok((last, clock))
     }
 
     async fn last_id(&self, topic: &str) -> Result<StreamId, RedisError> {
@@ -463,11 +481,9 @@ async fn read_loop(
         }
         // Blocked, Redis answers with the first topic that got entries only
         // (7.0): a second read, not blocking, is one snapshot of them all.
+        let clock_key = format!("{prefix}\0clock");
         let read = async {
             let first = xread(&mut conn, &prefix, &topics, Some(READ_BLOCK)).await?;
-            if first.values().all(Vec::is_empty) {
-                return Ok(None);
-            }
             let after: Vec<(String, StreamId)> = topics
                 .iter()
                 .map(|(name, id)| {
@@ -475,17 +491,19 @@ async fn read_loop(
                     (name.clone(), last.unwrap_or(*id).max(*id))
                 })
                 .collect();
+            // The clock, then the snapshot: every entry up to the clock is
+            // in Redis before the snapshot, so it is in it (or read before).
+            let clock: Option<String> = ::redis::cmd("GET")
+                .arg(&clock_key)
+                .query_async(&mut conn)
+                .await?;
             let snapshot = xread(&mut conn, &prefix, &after, None).await?;
-            Ok::<_, RedisError>(Some((first, snapshot)))
+            Ok::<_, RedisError>((first, clock.as_deref().and_then(parse_id), snapshot))
         };
-        let (mut first, snapshot) = match read.await {
-            Ok(Some(replies)) => {
+        let (mut first, clock, snapshot) = match read.await {
+            Ok(replies) => {
                 backoff = Duration::from_millis(50);
                 replies
-            }
-            Ok(None) => {
-                backoff = Duration::from_millis(50);
-                continue;
             }
             Err(err) => {
                 tracing::warn!(%err, "reading from Redis failed; retrying");
@@ -509,7 +527,7 @@ async fn read_loop(
             })
             .collect();
         let Some(inner) = hub.upgrade() else { return };
-        deliver(&inner, &following, read);
+        deliver(&inner, &following, read, clock);
     }
 }
 
@@ -556,13 +574,19 @@ async fn xread(
 ///
 /// The second read of a round is one snapshot of Redis, and ids increase
 /// across topics in publish order: every entry with an id up to the newest
-/// read was in Redis when the snapshot was taken, so each topic the
-/// snapshot did not cut short is complete through that id, with or without
-/// entries of its own.
-fn deliver(inner: &Inner, following: &Mutex<HashMap<String, StreamId>>, read: Vec<Read>) {
+/// read, or up to the hub's clock read before the snapshot, was in Redis
+/// when the snapshot was taken, so each topic the snapshot did not cut
+/// short is complete through that id, with or without entries of its own.
+fn deliver(
+    inner: &Inner,
+    following: &Mutex<HashMap<String, StreamId>>,
+    read: Vec<Read>,
+    clock: Option<StreamId>,
+) {
     let Some(newest) = read
         .iter()
         .filter_map(|r| r.entries.last().map(|(id, _, _)| *id))
+        .chain(clock)
         .max()
     else {
         return;
@@ -590,6 +614,7 @@ fn deliver(inner: &Inner, following: &Mutex<HashMap<String, StreamId>>, read: Ve
         if !ring.followed {
             continue;
         }
+        let mut added = false;
         for (stream_id, id, stored) in read.entries {
             // Never twice, never behind: a ring followed again, or a read
             // older than the ring's start, brings entries it has.
@@ -602,13 +627,17 @@ fn deliver(inner: &Inner, following: &Mutex<HashMap<String, StreamId>>, read: Ve
                 id: id.into(),
                 at: now,
             });
+            added = true;
         }
+        let advanced = complete > ring.complete;
         ring.complete = ring.complete.max(complete);
         ring.evict(inner.window, inner.max_age, now);
         drop(ring);
-        // Woken even with no entry: a stream of several topics may have
-        // waited for this one's `complete` alone.
-        woken.push(topic);
+        // A stream of several topics may wait for this one's `complete`
+        // alone; streams of this topic only, for its entries alone.
+        if added || (advanced && topic.multi.load(std::sync::atomic::Ordering::Relaxed) > 0) {
+            woken.push(topic);
+        }
     }
     {
         let mut following = following.lock().unwrap_or_else(PoisonError::into_inner);

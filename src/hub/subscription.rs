@@ -54,6 +54,10 @@ pub(crate) struct Subscription {
     waker: Option<Waker>,
     /// It left its topics.
     closed: bool,
+    /// Counted in `Hub::subscribers`: from the moment its start is known
+    /// (on Redis, once the node follows its topics), so that an event
+    /// published once it is counted reaches it.
+    counted: bool,
 }
 
 struct Lane {
@@ -79,7 +83,6 @@ impl Subscription {
                 epoch: None,
             })
             .collect();
-        inner.subscribers.fetch_add(1, Ordering::Relaxed);
         let mut subscription = Self {
             hub: hub.clone(),
             id: inner.next_stream.fetch_add(1, Ordering::Relaxed),
@@ -90,6 +93,7 @@ impl Subscription {
             starting: None,
             waker: None,
             closed: false,
+            counted: false,
         };
         #[cfg(feature = "redis")]
         if let Some(backend) = &inner.redis {
@@ -154,6 +158,10 @@ impl Subscription {
     }
 
     fn start(&mut self, begun: Begun) {
+        if !self.counted {
+            self.counted = true;
+            self.hub.inner.subscribers.fetch_add(1, Ordering::Relaxed);
+        }
         if begun.reset && self.snapshot() {
             return;
         }
@@ -383,7 +391,9 @@ impl Subscription {
             .collect();
         let inner = &self.hub.inner;
         inner.release(&taken);
-        inner.subscribers.fetch_sub(1, Ordering::Relaxed);
+        if self.counted {
+            inner.subscribers.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 }
 

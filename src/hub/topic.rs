@@ -112,6 +112,9 @@ pub(crate) struct Topic {
     /// Streams subscribed; changed only under the hub's topic map lock, so
     /// that the last one leaving and a new one arriving cannot race.
     pub(crate) subscribers: AtomicUsize,
+    /// Of them, streams of several topics (on Redis they wait for this
+    /// topic's `complete` too).
+    pub(crate) multi: AtomicUsize,
     /// Whether the topic waits in the hub's expiry queue (changed under the
     /// topic map lock too).
     pub(crate) expiring: AtomicBool,
@@ -126,6 +129,7 @@ impl Topic {
             wakers: Mutex::new(HashMap::new()),
             epoch: AtomicU64::new(0),
             subscribers: AtomicUsize::new(0),
+            multi: AtomicUsize::new(0),
             expiring: AtomicBool::new(false),
         }
     }
