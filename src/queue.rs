@@ -5,8 +5,9 @@
 //! a body-polled ready function, also what it queues meanwhile), so a busy
 //! stream makes few, full writes; it never waits for more to arrive.
 //!
-//! Everything is one `Mutex<State>`: the events, the free room of a fixed
-//! buffer and the senders waiting for it (first come, first served), the
+//! Everything is one `Mutex<State>`: the events, the free room and the
+//! sends waiting for it (first come, first served: any send to a fixed
+//! buffer, and the hub's `push_waiting` whatever the buffer), the
 //! body's waker and the `closed()` waiters. No other primitive is involved,
 //! so the whole protocol can be model-checked (`loom`, see `tests` below and
 //! `sync.rs`). No user-reachable code runs under the lock: wakers are cloned
@@ -54,8 +55,11 @@ struct State {
     dropped: u64,
     /// A task holding a sender panicked.
     panicked: bool,
-    /// Sends waiting for room in a fixed buffer, in arrival order. The first
-    /// `granted` of them were each given a slot and have yet to fill it.
+    /// Sends waiting for room, in arrival order: any send to a fixed buffer,
+    /// and [`Queue::push_waiting`] whatever the policy. The first `granted`
+    /// of them were each given a slot and have yet to fill it; a slot
+    /// granted is kept for its send, even from a dropping policy's sends
+    /// (`events.len() + granted` never exceeds the capacity).
     waiting: VecDeque<Waiter>,
     granted: u32,
     /// `EventSender::closed()` calls waiting for the end.
@@ -150,18 +154,22 @@ impl State {
             && self.events.len() + (self.granted as usize) < capacity
     }
 
-    /// Queues `bytes`, applying a dropping policy when full.
+    /// Queues `bytes`, applying a dropping policy when full (counting the
+    /// slots granted to waiting sends as taken: they are kept for them).
     fn enqueue(&mut self, bytes: Bytes, policy: Policy, capacity: usize) -> Enqueued {
         let mut enqueued = Enqueued::default();
-        if self.events.len() >= capacity {
-            // Only the dropping policies get here: `Wait` admits a send only
-            // with a slot for it.
+        if self.events.len() + self.granted as usize >= capacity {
+            // Only a dropping policy's sends that do not wait get here: a
+            // send that waits is admitted only with a slot for it.
             self.dropped += 1;
-            enqueued.dropped = Some((self.dropped, policy));
-            if policy == Policy::DropNewest {
+            // With every slot granted, a sliding buffer has nothing older
+            // queued to drop: the new event is dropped.
+            if policy == Policy::DropNewest || self.events.is_empty() {
+                enqueued.dropped = Some((self.dropped, Policy::DropNewest));
                 enqueued.discarded = Some(bytes);
                 return enqueued;
             }
+            enqueued.dropped = Some((self.dropped, policy));
             enqueued.discarded = self.events.pop_front();
             if let Some(oldest) = &enqueued.discarded {
                 self.queued_bytes -= oldest.len();
@@ -251,6 +259,22 @@ impl Queue {
             queue: self,
             bytes: Some(bytes),
             waiter: None,
+            waits: self.policy == Policy::Wait,
+        }
+    }
+
+    /// Queues `bytes`, waiting in line for room whatever the policy, as a
+    /// send to a fixed buffer does: with a dropping or sliding buffer it
+    /// never drops an event (its own or one queued), and the slot it is
+    /// granted is kept for it (the other sends drop instead). The hub's
+    /// sends: it falls behind in its history, and says so, rather than lose
+    /// events, or its notices, in the buffer.
+    pub(crate) fn push_waiting(&self, bytes: Bytes) -> Push<'_> {
+        Push {
+            queue: self,
+            bytes: Some(bytes),
+            waiter: None,
+            waits: true,
         }
     }
 
@@ -459,7 +483,7 @@ impl Queue {
     }
 }
 
-/// The future of [`Queue::push`].
+/// The future of [`Queue::push`] and [`Queue::push_waiting`].
 ///
 /// Spends tokio's cooperative budget as tokio's own channels do, so that a
 /// task sending in a loop yields now and then even when every send finds
@@ -474,6 +498,9 @@ pub(crate) struct Push<'a> {
     bytes: Option<Bytes>,
     /// Its place among the waiting sends, once it waits.
     waiter: Option<u64>,
+    /// It waits for room when full (a fixed buffer, or `push_waiting`);
+    /// otherwise the policy drops an event.
+    waits: bool,
 }
 
 impl Future for Push<'_> {
@@ -496,9 +523,9 @@ impl Future for Push<'_> {
                 drop(removed);
                 return Poll::Ready(Err(Rejected::Closed));
             }
-            let admitted = match (queue.policy, this.waiter) {
-                (Policy::Wait, None) => state.admits_newcomer(queue.capacity),
-                (Policy::Wait, Some(id)) => {
+            let admitted = match (this.waits, this.waiter) {
+                (true, None) => state.admits_newcomer(queue.capacity),
+                (true, Some(id)) => {
                     let position = state.waiting.iter().position(|w| w.id == id);
                     match position {
                         Some(at) if at < state.granted as usize => {
@@ -511,7 +538,7 @@ impl Future for Push<'_> {
                         _ => false,
                     }
                 }
-                _ => true,
+                (false, _) => true,
             };
             if admitted {
                 let bytes = this.bytes.take().unwrap_or_default();

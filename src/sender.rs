@@ -62,9 +62,14 @@ impl EventSender {
     }
 
     /// Queues bytes already encoded (by the hub, which encodes each event once
-    /// for every subscriber), waiting for room like [`send`](Self::send).
+    /// for every subscriber), waiting in line for room whatever the buffer's
+    /// policy (see `Queue::push_waiting`): with a dropping or sliding buffer
+    /// too, the hub never has an event dropped, its own or another's.
     pub(crate) async fn send_encoded(&self, bytes: bytes::Bytes) -> Result<(), SendError> {
-        self.queue.push(bytes).await.map_err(|_| SendError::Closed)
+        self.queue
+            .push_waiting(bytes)
+            .await
+            .map_err(|_| SendError::Closed)
     }
 
     /// Sends an event if there is room now, never waiting (core.async's `put!`).

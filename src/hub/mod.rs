@@ -670,7 +670,10 @@ impl Hub {
     /// buffer per stream. Each event goes through the stream's buffer: a
     /// stream that cannot keep up falls behind in history without slowing
     /// anyone, and the [`LagPolicy`] decides what it sees when history
-    /// moves past it.
+    /// moves past it. The hub waits in line for room whatever the buffer,
+    /// so a dropping or sliding buffer never drops its events or notices;
+    /// events that other senders of the stream had dropped are reported the
+    /// same way, once per batch.
     pub async fn subscribe<T: AsRef<str>>(
         &self,
         events: &EventSender,
@@ -700,12 +703,12 @@ impl Hub {
         let closed = events.closed();
         tokio::pin!(closed);
         loop {
-            // No more than the stream's buffer can take now: the rest stays
-            // in history, and `batch` stays small.
-            let room = events
-                .capacity()
-                .saturating_sub(events.queued_events())
-                .max(1);
+            // A buffer's worth, however full the buffer is now: the sends
+            // below wait in line for room whatever its policy (so the hub
+            // never has an event or a notice dropped), and a lag notice is
+            // followed by as many events as the buffer holds, not by one.
+            // The rest stays in history, and `batch` stays small.
+            let room = events.capacity();
             let read = std::future::poll_fn(|cx| subscription.poll_read(cx, room, &mut batch));
             match futures::future::select(std::pin::pin!(read), closed.as_mut()).await {
                 futures::future::Either::Left((Ok(()), _)) => {}

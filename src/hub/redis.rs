@@ -302,7 +302,11 @@ impl Backend {
                 ring.followed = true;
                 ring.floor = Some(first);
                 // The clock read before `start` holds only if `start` stood.
-                ring.complete = if first == start { complete.max(start) } else { first };
+                ring.complete = if first == start {
+                    complete.max(start)
+                } else {
+                    first
+                };
                 new = true;
             }
         }

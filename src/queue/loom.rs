@@ -471,3 +471,134 @@ fn a_producer_wake_is_never_lost() {
         assert_eq!(receive(&queue), (Vec::new(), Ended::Completed));
     });
 }
+
+/// Whether the slots of `queue` are all free again: nothing queued, nobody
+/// waiting, no slot granted and left unfilled.
+fn assert_slots_free(queue: &Queue) {
+    assert_eq!(queue.queued(), (0, 0));
+    let state = queue.lock();
+    assert_eq!((state.waiting.len(), state.granted), (0, 0));
+}
+
+/// A send waiting in line (`push_waiting`, the hub's) on a full dropping or
+/// sliding buffer of one, while another sender's sends never wait and the
+/// body receives: nobody misses a wake-up, the waiting send is accepted, it
+/// drops nothing itself (at most one drop per send that does not wait), and
+/// every event is delivered or counted dropped, in each sender's order.
+fn waiting_push_model(policy: Policy) {
+    check(Some(3), move || {
+        let queue = Arc::new(Queue::new(policy, 1));
+        queue.try_push(event((0, 0))).unwrap();
+        queue.add_sender();
+        let waiting = {
+            let queue = queue.clone();
+            thread::spawn(move || {
+                let result = block_on(queue.push_waiting(event((1, 0))));
+                queue.remove_sender();
+                result
+            })
+        };
+        let other = {
+            let queue = queue.clone();
+            thread::spawn(move || {
+                for seq in 0..2 {
+                    let mut push = pin!(queue.push(event((2, seq))));
+                    let mut cx = Context::from_waker(Waker::noop());
+                    assert_eq!(push.as_mut().poll(&mut cx), Poll::Ready(Ok(())));
+                }
+                queue.remove_sender();
+            })
+        };
+        let (received, ended) = receive(&queue);
+        assert_eq!(waiting.join().unwrap(), Ok(()));
+        other.join().unwrap();
+        assert_eq!(ended, Ended::Completed);
+        assert!(queue.dropped() <= 2, "{received:?}");
+        assert_eq!(received.len() as u64 + queue.dropped(), 4, "{received:?}");
+        assert!(
+            from(&received, 2).is_sorted_by(|a, b| a < b),
+            "{received:?}"
+        );
+        if policy == Policy::DropNewest {
+            // Nothing queued after it can displace it.
+            assert!(received.contains(&(1, 0)), "{received:?}");
+        }
+        assert_slots_free(&queue);
+    });
+}
+
+/// `push_waiting` on a dropping buffer: see [`waiting_push_model`].
+#[test]
+fn a_waiting_push_on_a_dropping_buffer_drops_nothing() {
+    waiting_push_model(Policy::DropNewest);
+}
+
+/// `push_waiting` on a sliding buffer: see [`waiting_push_model`].
+#[test]
+fn a_waiting_push_on_a_sliding_buffer_drops_nothing() {
+    waiting_push_model(Policy::DropOldest);
+}
+
+/// The slot a frame grants to a send waiting in line (`push_waiting`) on a
+/// dropping or sliding buffer is kept for it while another sender's send
+/// races the frame: that send is dropped (or displaces the event the frame
+/// would take), never the waiting one, which then fills its slot without
+/// waiting again; and a granted slot left by a cancelled send is freed.
+fn granted_slot_model(policy: Policy, cancel: bool) {
+    check(None, move || {
+        let queue = Arc::new(Queue::new(policy, 1));
+        queue.try_push(event((0, 0))).unwrap();
+        // Full: this send waits, first in line.
+        let mut waiting = Box::pin(queue.push_waiting(event((1, 0))));
+        let mut cx = Context::from_waker(Waker::noop());
+        assert!(waiting.as_mut().poll(&mut cx).is_pending());
+        let body = {
+            let queue = queue.clone();
+            thread::spawn(move || recv_frame(&queue, &mut FrameBuilder::default()))
+        };
+        let other = {
+            let queue = queue.clone();
+            thread::spawn(move || queue.try_push(event((2, 0))))
+        };
+        let first = body.join().unwrap().unwrap();
+        assert_eq!(other.join().unwrap(), Ok(()));
+        // One frame freed the only slot, and granted it.
+        if cancel {
+            drop(waiting);
+            assert_eq!((queue.queued().0, queue.dropped()), (0, 1));
+            // The slot is free: a send takes it without dropping anything.
+            assert_eq!(queue.try_push(event((3, 0))), Ok(()));
+            assert_eq!(queue.dropped(), 1);
+        } else {
+            assert_eq!(waiting.as_mut().poll(&mut cx), Poll::Ready(Ok(())));
+            drop(waiting);
+            let mut rest = recv_frame(&queue, &mut FrameBuilder::default()).unwrap();
+            // The other send lost the race for the slot, or displaced (0, 0).
+            assert_eq!(queue.dropped(), 1, "{first:?} {rest:?}");
+            let mut received = first;
+            received.append(&mut rest);
+            assert!(received.ends_with(&[(1, 0)]), "{received:?}");
+        }
+        queue.remove_sender();
+        let _ = receive(&queue);
+        assert_slots_free(&queue);
+    });
+}
+
+/// A dropping buffer keeps a granted slot: see [`granted_slot_model`].
+#[test]
+fn a_dropping_buffer_keeps_a_granted_slot_for_its_waiting_push() {
+    granted_slot_model(Policy::DropNewest, false);
+}
+
+/// A sliding buffer keeps a granted slot: see [`granted_slot_model`].
+#[test]
+fn a_sliding_buffer_keeps_a_granted_slot_for_its_waiting_push() {
+    granted_slot_model(Policy::DropOldest, false);
+}
+
+/// A granted slot whose waiting push is cancelled is freed: see [`granted_slot_model`].
+#[test]
+fn a_cancelled_waiting_push_frees_its_granted_slot() {
+    granted_slot_model(Policy::DropOldest, true);
+}
