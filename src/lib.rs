@@ -59,8 +59,12 @@
 //!   (Pedestal's shape), so that heartbeats never wait for its CPU work.
 //! - [`Hub`]: publish once to a topic, fan out to every subscribed stream,
 //!   and resume reconnecting clients from history with `Last-Event-ID`
-//!   ([`LastEventId`] extractor); with the `redis` feature, on Redis Streams
-//!   across machines ([`HubBuilder::build_redis`](crate::HubBuilder)).
+//!   ([`LastEventId`] extractor). [`Hub::layer`] and [`Hub::stream`] serve
+//!   hub streams straight from the response body, topics chosen (or
+//!   refused, [`Refusal`]) per request; a snapshot function can replace
+//!   every gap ([`HubBuilder::snapshot`]); topics go when nothing holds them.
+//!   With the `redis` feature, on Redis Streams across machines
+//!   ([`HubBuilder::build_redis`](crate::HubBuilder)), in one id order.
 //! - [`EventStream`]: the body alone, for hyper or any tower server. With a
 //!   fixed buffer it polls the ready function itself (no task per stream)
 //!   and gathers what it sends into full frames, so even Pedestal's buffer

@@ -169,3 +169,29 @@ async fn a_stream_that_falls_behind_gets_a_snapshot_instead_of_a_gap() {
     );
     assert!(hub.lagged_events() > 0);
 }
+
+/// A snapshot function that panics costs its stream a reset, nothing more.
+#[tokio::test]
+async fn a_panicking_snapshot_function_gives_a_reset_and_the_stream_goes_on() {
+    let hub = Hub::builder()
+        .history(2)
+        .snapshot(|_topic| async { panic!("no snapshot today") })
+        .build();
+    let addr = serve(app(&hub)).await;
+    for i in 0..5 {
+        hub.publish("feed", format!("{i} old")).await.unwrap();
+    }
+    let mut stream = events(open(addr, Some("1")).await);
+    let first = next_event(&mut stream).await.unwrap();
+    assert_eq!(
+        (first.event.as_str(), first.data.as_str()),
+        (RESET_EVENT, "")
+    );
+    hub.publish("feed", "5 new").await.unwrap();
+    assert_eq!(next_event(&mut stream).await.unwrap().data, "5 new");
+    // The server is fine: another stream works.
+    let mut other = events(open(addr, None).await);
+    eventually("the second stream", || hub.subscribers() == 2).await;
+    hub.publish("feed", "6 new").await.unwrap();
+    assert_eq!(next_event(&mut other).await.unwrap().data, "6 new");
+}

@@ -4,6 +4,7 @@
 
 use std::{
     collections::VecDeque,
+    panic::{AssertUnwindSafe, catch_unwind},
     sync::{Arc, Mutex, PoisonError, atomic::Ordering},
     task::{Context, Poll, Waker},
 };
@@ -193,7 +194,20 @@ impl Subscription {
         }
         while let Some(starting) = &mut self.starting {
             let starting = starting.get_mut().unwrap_or_else(PoisonError::into_inner);
-            let begun = std::task::ready!(starting.as_mut().poll(cx));
+            // It may run the application's snapshot function, inside hyper's
+            // task: never unwind there.
+            let polled = catch_unwind(AssertUnwindSafe(|| starting.as_mut().poll(cx)));
+            let begun = match polled {
+                Ok(Poll::Pending) => return Poll::Pending,
+                Ok(Poll::Ready(begun)) => begun,
+                Err(_) => {
+                    tracing::error!("the snapshot function panicked: sending a reset");
+                    // Not sent back to the snapshot function.
+                    let mut begun = Begun::reset(self.position(), &Resume::Unusable);
+                    begun.reset = false;
+                    begun
+                }
+            };
             self.starting = None;
             self.start(begun);
         }
