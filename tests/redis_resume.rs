@@ -15,7 +15,6 @@ mod common;
 
 use std::{
     net::SocketAddr,
-    process::{Child, Command, Stdio},
     sync::{Arc, Mutex},
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
@@ -30,51 +29,6 @@ use tokio::{
 };
 use tower_sse::{Event, Hub};
 
-/// The Redis under test: `REDIS_URL`, or a `redis-server` of the test's own.
-struct Redis {
-    url: String,
-    child: Option<Child>,
-}
-
-impl Redis {
-    async fn start() -> Self {
-        if let Ok(url) = std::env::var("REDIS_URL") {
-            return Self { url, child: None };
-        }
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .unwrap()
-            .port();
-        let child =
-            Command::new(std::env::var("REDIS_SERVER").unwrap_or_else(|_| "redis-server".into()))
-                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-                .args(["--save", "", "--appendonly", "no"])
-                .stdout(Stdio::null())
-                .spawn()
-                .expect("redis-server not found (set REDIS_URL or REDIS_SERVER)");
-        let (url, child) = (format!("redis://127.0.0.1:{port}"), Some(child));
-        for _ in 0..500 {
-            if tokio::net::TcpStream::connect(("127.0.0.1", port))
-                .await
-                .is_ok()
-            {
-                return Self { url, child };
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        panic!("redis-server did not start");
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
 /// A key prefix of its own for each test, so tests never see each other's streams.
 fn prefix(test: &str) -> String {
     let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
@@ -83,8 +37,13 @@ fn prefix(test: &str) -> String {
 
 /// A node: its streams subscribe to the comma-separated topics of the query.
 async fn node(url: &str, prefix: &str) -> (Hub, SocketAddr) {
-    let hub = Hub::builder().key_prefix(prefix).build_redis(url);
-    let hub = hub.await.unwrap();
+    node_with_history(url, prefix, 1000).await
+}
+
+/// A node keeping (and trimming Redis to) `history` events per topic.
+async fn node_with_history(url: &str, prefix: &str, history: usize) -> (Hub, SocketAddr) {
+    let hub = Hub::builder().key_prefix(prefix).history(history);
+    let hub = hub.build_redis(url).await.unwrap();
     let topics = |uri: &axum::http::Uri| {
         let query = uri.query().unwrap_or_default();
         query.split(',').map(str::to_owned).collect()
@@ -449,4 +408,83 @@ async fn a_live_stream_joining_a_new_topic_gets_no_history() {
     let seen = read_until(&mut live, "new", 25).await;
     let data: Vec<&str> = seen.iter().map(|(_, data)| data.as_str()).collect();
     assert_eq!(data, ["new"], "a live stream got history");
+}
+
+/// 1,000 resumes of a two-topic stream, alternating between two nodes,
+/// under a running publisher: every event exactly once, in id order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_resumes_alternating_between_nodes_deliver_every_event_once_in_order() {
+    let resumes: usize = std::env::var("TOWER_SSE_RESUMES")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(1000);
+    let redis = Redis::start().await;
+    let prefix = prefix("thousand");
+    // History enough that however far the client falls behind the
+    // publisher, it resumes rather than resets.
+    let (hub1, addr1) = node_with_history(&redis.url, &prefix, 100_000).await;
+    let (_hub2, addr2) = node_with_history(&redis.url, &prefix, 100_000).await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let publisher = {
+        let (hub, stop) = (hub1.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut n = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let topic = if n % 2 == 0 { "a" } else { "b" };
+                hub.publish(topic, n.to_string()).await.unwrap();
+                n += 1;
+                // About 300 events/s: slower than the client reads, so it
+                // keeps up on a loaded machine too.
+                tokio::time::sleep(Duration::from_millis(3)).await;
+            }
+            n
+        })
+    };
+    let started = std::time::Instant::now();
+    let mut last: Option<String> = None;
+    let mut received: Vec<(String, u64)> = Vec::new();
+    for i in 0..resumes {
+        let addr = if i % 2 == 0 { addr1 } else { addr2 };
+        let mut stream = open(addr, "a,b", last.as_deref()).await;
+        for _ in 0..3 {
+            let event = tokio::time::timeout(
+                Duration::from_secs(5),
+                futures::StreamExt::next(&mut stream),
+            )
+            .await
+            .unwrap_or_else(|_| panic!("resume {i}: no event within 5 s"))
+            .expect("the stream ended");
+            assert_eq!(
+                event.event, "message",
+                "resume {i}: {} {}",
+                event.event, event.data
+            );
+            received.push((event.id.clone(), event.data.parse().unwrap()));
+            last = Some(event.id);
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let published = publisher.await.unwrap();
+    let elapsed = started.elapsed();
+    println!(
+        "{resumes} resumes, {} events received of {published} published, in {elapsed:?}",
+        received.len()
+    );
+    let first = received[0].1;
+    for (k, pair) in received.windows(2).enumerate() {
+        let ((id_a, a), (id_b, b)) = (&pair[0], &pair[1]);
+        assert_eq!(
+            *b,
+            a + 1,
+            "after event {a} (#{k}) came {b}: lost or repeated"
+        );
+        assert!(
+            stream_id(id_b) > stream_id(id_a),
+            "ids out of order at #{k}"
+        );
+    }
+    assert_eq!(
+        received.len() as u64,
+        received.last().unwrap().1 - first + 1
+    );
 }

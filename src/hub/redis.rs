@@ -234,8 +234,36 @@ impl Backend {
         if local {
             return Begun::live(after);
         }
-        let mut first = Vec::new();
-        let mut after = after;
+        self.replay_page(names, topics, after, resume).await
+    }
+
+    /// The rest of a replay, after `after` (see [`Begun::more`]).
+    pub(super) fn replay_more(
+        &self,
+        hub: Hub,
+        names: Vec<Arc<str>>,
+        topics: Vec<Arc<Topic>>,
+        after: StreamId,
+        resume: Resume,
+    ) -> BoxFuture<'static, Begun> {
+        Box::pin(async move {
+            let Some(backend) = &hub.inner.redis else {
+                return Begun::live(after);
+            };
+            backend.replay_page(&names, &topics, after, &resume).await
+        })
+    }
+
+    /// One page of a replay from Redis after `after`: the stream sends it,
+    /// then asks for more, or joins the node's rings once the replay has
+    /// reached them. A reset when Redis lost entries after `after`.
+    async fn replay_page(
+        &self,
+        names: &[Arc<str>],
+        topics: &[Arc<Topic>],
+        after: StreamId,
+        resume: &Resume,
+    ) -> Begun {
         let mut backoff = Duration::from_millis(50);
         loop {
             match self.replay(names, after).await {
@@ -246,27 +274,27 @@ impl Backend {
                     backoff = (backoff * 2).min(MAX_BACKOFF);
                 }
                 Ok(None) => {
-                    let mut begun = Begun::reset(live, resume);
-                    begun.first.splice(0..0, first);
-                    return begun;
+                    let live = topics
+                        .iter()
+                        .map(|topic| topic.read().complete)
+                        .min()
+                        .unwrap_or_default();
+                    return Begun::reset(live, resume);
                 }
                 Ok(Some((entries, through, complete))) => {
-                    first.extend(
-                        entries
-                            .into_iter()
-                            .map(|(_, id, stored)| with_id(&id, &stored)),
-                    );
-                    after = through;
+                    let first = entries
+                        .into_iter()
+                        .map(|(_, id, stored)| with_id(&id, &stored))
+                        .collect();
                     let joins = topics
                         .iter()
-                        .all(|topic| topic.read().floor.is_some_and(|floor| floor <= after));
-                    if complete && joins {
-                        return Begun {
-                            after,
-                            first,
-                            reset: false,
-                        };
-                    }
+                        .all(|topic| topic.read().floor.is_some_and(|floor| floor <= through));
+                    return Begun {
+                        after: through,
+                        first,
+                        reset: false,
+                        more: !(complete && joins),
+                    };
                 }
             }
         }

@@ -32,6 +32,10 @@ pub(crate) struct Begun {
     /// The id could not be resumed from: a hub with a snapshot function
     /// sends snapshots instead of `first`.
     pub(crate) reset: bool,
+    /// `first` is a page of a replay from Redis: send it, then ask for the
+    /// next, so that a long replay goes out as it is read.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) more: bool,
 }
 
 /// A stream's place in each of its topics. Dropping it leaves the topics.
@@ -55,6 +59,9 @@ pub(crate) struct Subscription {
     waker: Option<Waker>,
     /// It left its topics.
     closed: bool,
+    /// The `Last-Event-ID` it started from, for a replay's later pages.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    resume: Resume,
     /// Counted in `Hub::subscribers`: from the moment its start is known
     /// (on Redis, once the node follows its topics), so that an event
     /// published once it is counted reaches it.
@@ -95,11 +102,13 @@ impl Subscription {
             waker: None,
             closed: false,
             counted: false,
+            resume: Resume::Live,
         };
         #[cfg(feature = "redis")]
         if let Some(backend) = &inner.redis {
             let names = subscription.lanes.iter().map(|l| l.name.clone()).collect();
             let topics = subscription.lanes.iter().map(|l| l.topic.clone()).collect();
+            subscription.resume = resume.clone();
             subscription.starting = Some(Mutex::new(backend.begin(
                 hub.clone(),
                 names,
@@ -167,6 +176,23 @@ impl Subscription {
             return;
         }
         self.high_water = self.high_water.max(begun.after);
+        #[cfg(feature = "redis")]
+        if begun.more {
+            self.first.extend(begun.first);
+            if let Some(backend) = &self.hub.inner.redis {
+                let names = self.lanes.iter().map(|l| l.name.clone()).collect();
+                let topics = self.lanes.iter().map(|l| l.topic.clone()).collect();
+                let more = backend.replay_more(
+                    self.hub.clone(),
+                    names,
+                    topics,
+                    self.high_water,
+                    self.resume.clone(),
+                );
+                self.starting = Some(Mutex::new(more));
+            }
+            return;
+        }
         for lane in &mut self.lanes {
             lane.cursor = lane.topic.read().index_after(begun.after);
         }
@@ -192,13 +218,31 @@ impl Subscription {
         if self.closed {
             return Poll::Pending;
         }
-        while let Some(starting) = &mut self.starting {
+        let limit = limit.clamp(1, MAX_BATCH);
+        let mut size = 0;
+        loop {
+            // What comes first (a notice, a page of a replay) goes before
+            // anything else is read.
+            while out.len() < limit && size < MAX_FRAME {
+                let Some(bytes) = self.first.pop_front() else {
+                    break;
+                };
+                size += bytes.len();
+                out.push(bytes);
+            }
+            if !self.first.is_empty() || (!out.is_empty() && self.starting.is_some()) {
+                return Poll::Ready(Ok(()));
+            }
+            let Some(starting) = &mut self.starting else {
+                break;
+            };
             let starting = starting.get_mut().unwrap_or_else(PoisonError::into_inner);
             // It may run the application's snapshot function, inside hyper's
             // task: never unwind there.
             let polled = catch_unwind(AssertUnwindSafe(|| starting.as_mut().poll(cx)));
             let begun = match polled {
-                Ok(Poll::Pending) => return Poll::Pending,
+                Ok(Poll::Pending) if out.is_empty() => return Poll::Pending,
+                Ok(Poll::Pending) => return Poll::Ready(Ok(())),
                 Ok(Poll::Ready(begun)) => begun,
                 Err(_) => {
                     tracing::error!("the snapshot function panicked: sending a reset");
@@ -210,18 +254,6 @@ impl Subscription {
             };
             self.starting = None;
             self.start(begun);
-        }
-        let limit = limit.clamp(1, MAX_BATCH);
-        let mut size = 0;
-        while out.len() < limit && size < MAX_FRAME {
-            let Some(bytes) = self.first.pop_front() else {
-                break;
-            };
-            size += bytes.len();
-            out.push(bytes);
-        }
-        if !self.first.is_empty() {
-            return Poll::Ready(Ok(()));
         }
         self.register(cx.waker());
         self.read(limit, size, out)?;
@@ -282,6 +314,7 @@ impl Subscription {
                 after,
                 first,
                 reset: false,
+                more: false,
             }
         };
         self.starting = Some(Mutex::new(Box::pin(taking)));
@@ -424,6 +457,7 @@ impl Begun {
             after,
             first: Vec::new(),
             reset: false,
+            more: false,
         }
     }
 
@@ -436,6 +470,7 @@ impl Begun {
             after,
             first: first.into_iter().collect(),
             reset: true,
+            more: false,
         }
     }
 }

@@ -43,6 +43,7 @@ pub(crate) struct Ring {
     pub(crate) complete: Key,
     /// On Redis: the node's reader follows the topic, from `floor` (until
     /// then the ring takes nothing, and no stream resumes from it).
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) followed: bool,
 }
 
@@ -58,6 +59,7 @@ impl Ring {
     }
 
     /// The newest key the ring holds or knows complete.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) fn last_key(&self) -> Key {
         let newest = self.entries.back().map(|e| e.key);
         newest

@@ -4,6 +4,12 @@
 
 use std::{net::SocketAddr, time::Duration};
 
+#[cfg(feature = "redis")]
+mod redis;
+#[cfg(feature = "redis")]
+#[allow(unused_imports)]
+pub use self::redis::Redis;
+
 use axum::Router;
 use eventsource_stream::{Event, Eventsource};
 use futures::{Stream, StreamExt};
