@@ -9,10 +9,8 @@
 //! `publish` never waits for a slow client.
 
 use std::{
-    cmp::Reverse,
-    collections::{BinaryHeap, HashMap, HashSet},
+    collections::HashSet,
     fmt,
-    future::Future,
     sync::{
         Arc, Mutex, MutexGuard, PoisonError,
         atomic::{AtomicU64, AtomicUsize, Ordering},
@@ -20,21 +18,30 @@ use std::{
     time::Duration,
 };
 
-use futures::future::BoxFuture;
 use tokio::time::Instant;
 
-use crate::{Event, EventError, EventSender, LAST_EVENT_ID, StreamContext};
+#[allow(unused_imports)] // for the docs
+use crate::StreamContext;
+use crate::{Event, EventError, LAST_EVENT_ID};
 
+mod builder;
 mod layer;
+mod ready;
 #[cfg(feature = "redis")]
 mod redis;
 mod subscription;
 mod topic;
+mod topics;
 
+pub use self::builder::HubBuilder;
 pub use self::layer::Refusal;
 pub(crate) use self::layer::{HubSource, Selected};
 pub(crate) use self::subscription::{Lagged, Subscription};
-use self::topic::{Entry, Key, Topic};
+use self::{
+    builder::SnapshotFn,
+    topic::{Entry, Key},
+    topics::{TooManyTopics, Topics},
+};
 
 /// The event type a stream receives when its `Last-Event-ID` cannot be
 /// resumed from: older than the history holds, unknown, or unusable (longer
@@ -134,13 +141,6 @@ impl std::error::Error for PublishError {
     }
 }
 
-/// A stream's place in a topic: the topic's name and the topic.
-type Place = (Arc<str>, Arc<Topic>);
-
-/// A new topic would take the hub past [`HubBuilder::max_topics`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct TooManyTopics(pub(crate) usize);
-
 /// Publishes events to topics and fans them out to subscribed streams.
 /// Cheap to clone; clones share the topics.
 ///
@@ -202,251 +202,6 @@ struct Inner {
     redis: Option<redis::Backend>,
 }
 
-struct Topics {
-    map: HashMap<Arc<str>, Arc<Topic>>,
-    next_seq: u64,
-    /// Topics with no stream but events in history, by when their newest
-    /// event expires (with `max_age` only).
-    expiry: BinaryHeap<Reverse<(Instant, Arc<str>)>>,
-    /// The newest key of an event that went with a removed topic: a topic
-    /// made again cannot resume from before it.
-    removed_floor: Option<Key>,
-}
-
-impl Topics {
-    /// The topic `name`, made if new (unless the hub is full).
-    fn get_or_insert(
-        &mut self,
-        name: &str,
-        inner: &Inner,
-        now: Instant,
-    ) -> Result<Arc<Topic>, TooManyTopics> {
-        if let Some(topic) = self.map.get(name) {
-            return Ok(topic.clone());
-        }
-        if let Some(max) = inner.max_topics {
-            if self.map.len() >= max {
-                self.expire(inner, now);
-            }
-            if self.map.len() >= max {
-                return Err(TooManyTopics(max));
-            }
-        }
-        let topic = Arc::new(Topic::new(!inner.is_redis()));
-        topic.write().floor = self.removed_floor;
-        self.map.insert(name.into(), topic.clone());
-        Ok(topic)
-    }
-
-    /// Removes topic `name`, remembering what history it took along.
-    fn remove(&mut self, name: &str) {
-        if let Some(topic) = self.map.remove(name) {
-            let floor = topic.read().floor;
-            self.removed_floor = self.removed_floor.max(floor);
-        }
-    }
-
-    /// Schedules an idle topic's removal once its newest event expires.
-    fn schedule(&mut self, name: &Arc<str>, topic: &Topic, inner: &Inner) {
-        let Some(age) = inner.max_age else { return };
-        if topic.expiring.swap(true, Ordering::Relaxed) {
-            return;
-        }
-        let newest = topic.read().entries.back().map(|e| e.at);
-        let at = newest.unwrap_or_else(Instant::now) + age;
-        self.expiry.push(Reverse((at, name.clone())));
-    }
-
-    /// Removes the idle topics whose history has expired.
-    fn expire(&mut self, inner: &Inner, now: Instant) {
-        while let Some(Reverse((at, _))) = self.expiry.peek() {
-            if *at > now {
-                return;
-            }
-            let Some(Reverse((_, name))) = self.expiry.pop() else {
-                return;
-            };
-            let Some(topic) = self.map.get(&name).cloned() else {
-                continue;
-            };
-            topic.expiring.store(false, Ordering::Relaxed);
-            if topic.subscribers.load(Ordering::Relaxed) > 0 {
-                // Scheduled again when its last stream leaves.
-                continue;
-            }
-            topic.write().evict(inner.window, inner.max_age, now);
-            if topic.read().entries.is_empty() {
-                self.remove(&name);
-            } else {
-                self.schedule(&name, &topic, inner);
-            }
-        }
-    }
-}
-
-/// A topic's current state, as one event (see [`HubBuilder::snapshot`]).
-type SnapshotFn = dyn Fn(String) -> BoxFuture<'static, Event> + Send + Sync;
-
-/// Builds a [`Hub`] with a history size, a history age and a lag policy.
-#[derive(Clone)]
-#[must_use = "a HubBuilder does nothing until built"]
-pub struct HubBuilder {
-    snapshot: Option<Arc<SnapshotFn>>,
-    history: usize,
-    max_age: Option<Duration>,
-    max_topics: Option<usize>,
-    lag: LagPolicy,
-    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
-    key_prefix: String,
-}
-
-impl HubBuilder {
-    /// Keeps the last `events` events per topic (default 1,000). It is also
-    /// how far a stream may fall behind before it lags.
-    ///
-    /// `history(0)` means live only: a stream gets the events published
-    /// after it subscribed, nothing is replayed, and every `Last-Event-ID`
-    /// gets a [`RESET_EVENT`] (there is nothing to resume from), then live
-    /// events. Each topic still keeps its newest 256 events to deliver them,
-    /// so a stream may fall up to 256 behind before it lags; with Redis,
-    /// streams are trimmed to about 256 entries, and nothing is replayed
-    /// from Redis either.
-    pub fn history(mut self, events: usize) -> Self {
-        self.history = events;
-        self
-    }
-
-    /// Forgets events older than `age` (default: kept until pushed out by
-    /// newer ones). It holds when a stream resumes, whether or not the
-    /// topic was touched since, and a topic with no stream is removed once
-    /// its newest event is older than `age`. On Redis, an id older than
-    /// `age` gets a [`RESET_EVENT`], and a topic's stream key expires
-    /// `age` after its last event.
-    pub fn max_age(mut self, age: Duration) -> Self {
-        self.max_age = Some(age);
-        self
-    }
-
-    /// Holds at most `topics` topics at a time (default: no limit). A
-    /// topic exists while a stream is subscribed to it or its history
-    /// holds an event; at the limit, publishing to a new topic fails with
-    /// [`PublishError::TooManyTopics`], and a stream asking for a new topic
-    /// is refused with `503 Service Unavailable` (see [`Hub::layer`]).
-    ///
-    /// Without [`max_age`](Self::max_age), a topic that was published to
-    /// keeps its history (and so its place) for good: set one or both when
-    /// clients choose topics.
-    pub fn max_topics(mut self, topics: usize) -> Self {
-        self.max_topics = Some(topics);
-        self
-    }
-
-    /// Sends a topic's current state where a stream would have a gap:
-    /// instead of a [`RESET_EVENT`] (its `Last-Event-ID` is older than
-    /// history, or unknown) or a [`LAGGED_EVENT`] (it fell behind, under
-    /// [`LagPolicy::Notify`]), the stream gets `snapshot(topic)` for each of
-    /// its topics, stamped with an id, then every event after that id. The
-    /// client never reloads, and no event falls between the snapshot and
-    /// what follows it.
-    ///
-    /// The id is the hub's position taken just before `snapshot` is called
-    /// (any `id` the event has is replaced), so the snapshot must reflect
-    /// at least every event published before the call: update the state,
-    /// then publish. An event published while `snapshot` runs may be both
-    /// in it and sent after it; make applying an event twice harmless (set
-    /// a value rather than add to it, or carry a version in the data).
-    ///
-    /// ```
-    /// use std::sync::{Arc, Mutex};
-    /// use tower_sse::{Event, Hub};
-    ///
-    /// let scores = Arc::new(Mutex::new(String::from("{}")));
-    /// let hub = Hub::builder()
-    ///     .history(100)
-    ///     .snapshot({
-    ///         let scores = scores.clone();
-    ///         move |_topic: String| {
-    ///             let now = scores.lock().unwrap().clone();
-    ///             async move { Event::new(now).name("snapshot") }
-    ///         }
-    ///     })
-    ///     .build();
-    /// # let _ = hub;
-    /// ```
-    pub fn snapshot<F, Fut>(mut self, snapshot: F) -> Self
-    where
-        F: Fn(String) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = Event> + Send + 'static,
-    {
-        self.snapshot = Some(Arc::new(move |topic| Box::pin(snapshot(topic))));
-        self
-    }
-
-    /// What happens to a stream that falls behind the history (default [`LagPolicy::Notify`]).
-    pub fn lag_policy(mut self, lag: LagPolicy) -> Self {
-        self.lag = lag;
-        self
-    }
-
-    /// The prefix of the Redis stream keys (default `"tower-sse:"`; a topic
-    /// `chat` is the stream `tower-sse:chat`). Used by the Redis backend only.
-    pub fn key_prefix(mut self, prefix: impl Into<String>) -> Self {
-        self.key_prefix = prefix.into();
-        self
-    }
-
-    /// An in-memory hub: history lives in this process.
-    pub fn build(self) -> Hub {
-        Hub {
-            inner: Arc::new(self.inner()),
-        }
-    }
-
-    /// How many events each topic's ring keeps.
-    fn window(&self) -> usize {
-        match self.history {
-            0 => LIVE_ONLY_WINDOW,
-            events => events,
-        }
-    }
-
-    fn inner(&self) -> Inner {
-        Inner {
-            topics: Mutex::new(Topics {
-                map: HashMap::new(),
-                next_seq: 1,
-                expiry: BinaryHeap::new(),
-                removed_floor: None,
-            }),
-            published: AtomicU64::new(0),
-            history: self.history,
-            window: self.window(),
-            max_age: self.max_age,
-            max_topics: self.max_topics,
-            lag: self.lag,
-            lagged: AtomicU64::new(0),
-            subscribers: AtomicUsize::new(0),
-            next_stream: AtomicU64::new(0),
-            snapshot: self.snapshot.clone(),
-            #[cfg(feature = "redis")]
-            redis: None,
-        }
-    }
-}
-
-impl fmt::Debug for HubBuilder {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("HubBuilder")
-            .field("history", &self.history)
-            .field("max_age", &self.max_age)
-            .field("max_topics", &self.max_topics)
-            .field("lag", &self.lag)
-            .field("snapshot", &self.snapshot.is_some())
-            .field("key_prefix", &self.key_prefix)
-            .finish()
-    }
-}
-
 impl Inner {
     /// The SSE id of a position in the hub's order.
     fn key_id(&self, (a, b): Key) -> String {
@@ -466,69 +221,6 @@ impl Inner {
 
     fn lock(&self) -> MutexGuard<'_, Topics> {
         self.topics.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Takes a stream's place in each of `names` (each listed once);
-    /// nothing when one of them cannot be made.
-    fn acquire(&self, names: &[&str]) -> Result<Vec<Place>, TooManyTopics> {
-        let now = Instant::now();
-        let mut topics = self.lock();
-        topics.expire(self, now);
-        let mut taken = Vec::with_capacity(names.len());
-        for name in names {
-            match topics.get_or_insert(name, self, now) {
-                Ok(topic) => {
-                    topic.subscribers.fetch_add(1, Ordering::Relaxed);
-                    if names.len() > 1 {
-                        topic.multi.fetch_add(1, Ordering::Relaxed);
-                    }
-                    let name = topics
-                        .map
-                        .get_key_value(*name)
-                        .map_or_else(|| Arc::from(*name), |(name, _)| name.clone());
-                    taken.push((name, topic));
-                }
-                Err(full) => {
-                    drop(topics);
-                    self.release(&taken);
-                    return Err(full);
-                }
-            }
-        }
-        Ok(taken)
-    }
-
-    /// Gives back a stream's places: a topic left with no stream goes when
-    /// its history is empty (in memory) or at once (on Redis, which keeps
-    /// the history; the node stops following it).
-    fn release(&self, taken: &[Place]) {
-        let mut gone = Vec::new();
-        {
-            let mut topics = self.lock();
-            for (name, topic) in taken {
-                if taken.len() > 1 {
-                    topic.multi.fetch_sub(1, Ordering::Relaxed);
-                }
-                if topic.subscribers.fetch_sub(1, Ordering::Relaxed) != 1 {
-                    continue;
-                }
-                let current = topics.map.get(name).is_some_and(|t| Arc::ptr_eq(t, topic));
-                if !current {
-                    continue;
-                }
-                if self.is_redis() || topic.read().entries.is_empty() {
-                    topics.remove(name);
-                    gone.push(name.clone());
-                } else {
-                    topics.schedule(name, topic, self);
-                }
-            }
-        }
-        #[cfg(feature = "redis")]
-        if let Some(backend) = &self.redis {
-            backend.unfollow(&gone);
-        }
-        drop(gone);
     }
 }
 
@@ -653,125 +345,6 @@ impl Hub {
         drop(topics);
         topic.wake();
         Ok(id.to_string())
-    }
-
-    /// Streams `topics` to `events` until the stream closes: first what came
-    /// after `last_event_id` (from history; a [`RESET_EVENT`] if that is no
-    /// longer known), then live events. Without `last_event_id`, live events only.
-    /// A topic listed more than once counts once: each event is sent once.
-    ///
-    /// An id longer than [`MAX_LAST_EVENT_ID_LEN`] bytes is not looked at: it
-    /// gets a reset with empty data. ([`StreamContext::last_event_id`] gives
-    /// `None` for a header that is not UTF-8; [`Hub::ready`] treats such a
-    /// header as unusable, with a reset, rather than as no id.)
-    ///
-    /// Call it from a ready function (or use [`Hub::ready`]); [`Hub::layer`]
-    /// serves the same streams from the response body, with no task or
-    /// buffer per stream. Each event goes through the stream's buffer: a
-    /// stream that cannot keep up falls behind in history without slowing
-    /// anyone, and the [`LagPolicy`] decides what it sees when history
-    /// moves past it. The hub waits in line for room whatever the buffer,
-    /// so a dropping or sliding buffer never drops its events or notices;
-    /// events that other senders of the stream had dropped are reported the
-    /// same way, once per batch.
-    pub async fn subscribe<T: AsRef<str>>(
-        &self,
-        events: &EventSender,
-        last_event_id: Option<&str>,
-        topics: &[T],
-    ) {
-        self.subscribe_from(events, Resume::new(last_event_id), topics)
-            .await;
-    }
-
-    async fn subscribe_from<T: AsRef<str>>(
-        &self,
-        events: &EventSender,
-        resume: Resume,
-        topics: &[T],
-    ) {
-        let names = distinct(topics);
-        let mut subscription = match Subscription::new(self, &names, resume) {
-            Ok(subscription) => subscription,
-            Err(TooManyTopics(max)) => {
-                tracing::warn!(max, "too many topics: stream not subscribed");
-                return;
-            }
-        };
-        let mut batch = Vec::new();
-        let mut dropped_seen = events.dropped();
-        let closed = events.closed();
-        tokio::pin!(closed);
-        loop {
-            // A buffer's worth, however full the buffer is now: the sends
-            // below wait in line for room whatever its policy (so the hub
-            // never has an event or a notice dropped), and a lag notice is
-            // followed by as many events as the buffer holds, not by one.
-            // The rest stays in history, and `batch` stays small.
-            let room = events.capacity();
-            let read = std::future::poll_fn(|cx| subscription.poll_read(cx, room, &mut batch));
-            match futures::future::select(std::pin::pin!(read), closed.as_mut()).await {
-                futures::future::Either::Left((Ok(()), _)) => {}
-                futures::future::Either::Left((Err(_lagged), _)) => {
-                    events.close();
-                    return;
-                }
-                futures::future::Either::Right(_) => return,
-            }
-            for bytes in batch.drain(..) {
-                if events.send_encoded(bytes).await.is_err() {
-                    return;
-                }
-            }
-            let dropped = events.dropped();
-            if dropped > dropped_seen {
-                subscription.missed(dropped - dropped_seen);
-                dropped_seen = dropped;
-            }
-        }
-    }
-
-    /// A ready function that subscribes each stream to the topics `topics`
-    /// picks from its request, resuming from its `Last-Event-ID`. A topic
-    /// picked more than once (`?topic=chat&topic=chat`) counts once.
-    ///
-    /// [`Hub::layer`] serves the same streams from the response body (no
-    /// task, queue or sender per stream) and can refuse a request: prefer it.
-    ///
-    /// A `Last-Event-ID` longer than [`MAX_LAST_EVENT_ID_LEN`] bytes, or not
-    /// UTF-8, gets a [`RESET_EVENT`] with empty data, then live events; the
-    /// stream keeps at most [`MAX_LAST_EVENT_ID_LEN`] bytes of the header.
-    ///
-    /// ```
-    /// # let hub = tower_sse::Hub::new();
-    /// let layer = tower_sse::SseLayer::new(hub.ready(|ctx| {
-    ///     // /rooms/lobby/events -> topic "lobby"
-    ///     ctx.uri().path().split('/').nth(2).map(str::to_owned).into_iter().collect()
-    /// }));
-    /// # let _ = layer;
-    /// ```
-    pub fn ready<F>(
-        &self,
-        topics: F,
-    ) -> impl Fn(EventSender, StreamContext) -> futures::future::BoxFuture<'static, ()>
-    + Send
-    + Sync
-    + 'static
-    where
-        F: Fn(&StreamContext) -> Vec<String> + Send + Sync + 'static,
-    {
-        let hub = self.clone();
-        move |events, ctx| {
-            let hub = hub.clone();
-            let topics = topics(&ctx);
-            // Only the id outlives this call, and only up to the cap: the
-            // stream keeps no copy of the request.
-            let resume = Resume::from_headers(ctx.headers());
-            drop(ctx);
-            Box::pin(async move {
-                hub.subscribe_from(&events, resume, &topics).await;
-            })
-        }
     }
 
     /// Streams subscribed right now: an event published once a stream is
