@@ -146,7 +146,7 @@ impl HubBuilder {
 
 impl Backend {
     fn key(&self, topic: &str) -> String {
-        format!("{}{topic}", self.prefix)
+        stream_key(&self.prefix, topic)
     }
 
     fn clock_key(&self) -> String {
@@ -228,6 +228,21 @@ impl Backend {
         {
             return Begun::reset(live, resume);
         }
+        let known = topics
+            .iter()
+            .map(|topic| topic.read().complete)
+            .max()
+            .unwrap_or_default();
+        if after > known {
+            // Newer than anything this node has read: an id another node
+            // read first, or one the hub never gave (no stream may wait for
+            // it: it would skip every event up to it).
+            match self.clock().await {
+                Ok(Some(clock)) if after <= clock => {}
+                Ok(_) => return Begun::reset(live, resume),
+                Err(err) => tracing::warn!(%err, "cannot read the hub's clock"),
+            }
+        }
         let local = topics
             .iter()
             .all(|topic| topic.read().floor.is_some_and(|floor| floor <= after));
@@ -235,6 +250,16 @@ impl Backend {
             return Begun::live(after);
         }
         self.replay_page(names, topics, after, resume).await
+    }
+
+    /// The hub's clock: the newest id it gave; `None` before its first event.
+    async fn clock(&self) -> Result<Option<StreamId>, RedisError> {
+        let mut conn = self.conn.clone();
+        let clock: Option<String> = ::redis::cmd("GET")
+            .arg(self.clock_key())
+            .query_async(&mut conn)
+            .await?;
+        Ok(clock.as_deref().and_then(parse_id))
     }
 
     /// The rest of a replay, after `after` (see [`Begun::more`]).
@@ -360,13 +385,8 @@ impl Backend {
     /// Where to follow `topic` from (its last entry id), and the hub's
     /// clock read just before.
     async fn follow_point(&self, topic: &str) -> Result<(StreamId, StreamId), RedisError> {
-        let mut conn = self.conn.clone();
-        let clock: Option<String> = ::redis::cmd("GET")
-            .arg(self.clock_key())
-            .query_async(&mut conn)
-            .await?;
+        let clock = self.clock().await?.unwrap_or_default();
         let last = self.last_id(topic).await?;
-        let clock = clock.as_deref().and_then(parse_id).unwrap_or_default();
         Ok((last, clock))
     }
 
@@ -400,11 +420,7 @@ impl Backend {
         // reads below: whatever they return up to it is complete. (Without
         // a clock, entries were written by something else than a hub: read
         // to the end.)
-        let clock: Option<String> = ::redis::cmd("GET")
-            .arg(self.clock_key())
-            .query_async(&mut conn)
-            .await?;
-        let clock = clock.as_deref().and_then(parse_id).map(|c| c.max(after));
+        let clock = self.clock().await?.map(|c| c.max(after));
         let upper = clock.map_or_else(|| "+".to_owned(), format_id);
         let mut merged = Vec::new();
         let mut cut: Option<StreamId> = None;
@@ -484,6 +500,28 @@ async fn lost_after(
     let trimmed = int("entries-added") > int("length")
         && id("recorded-first-entry-id").is_some_and(|first| first > after);
     Ok(deleted || trimmed)
+}
+
+/// The stream key of `topic`: the prefix and the topic, with a NUL put
+/// before a topic that starts with one, so that no topic's key is the hub's
+/// clock (`<prefix>\0clock`) and no two topics share a key.
+fn stream_key(prefix: &str, topic: &str) -> String {
+    if topic.starts_with('\0') {
+        format!("{prefix}\0{topic}")
+    } else {
+        format!("{prefix}{topic}")
+    }
+}
+
+/// The topic of a stream key made by [`stream_key`].
+fn topic_of<'k>(prefix: &str, key: &'k str) -> Option<&'k str> {
+    let topic = key.strip_prefix(prefix)?;
+    match topic.strip_prefix('\0') {
+        Some(escaped) if escaped.starts_with('\0') => Some(escaped),
+        // The clock, or no key of this hub.
+        Some(_) => None,
+        None => Some(topic),
+    }
 }
 
 /// The wire bytes of a stored event: its Redis id, then the stored fields.

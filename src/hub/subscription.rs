@@ -291,7 +291,9 @@ impl Subscription {
         let Some(snapshot) = self.hub.inner.snapshot.clone() else {
             return false;
         };
-        let after = self.position();
+        // Never behind what the stream sent (a replay from Redis may have
+        // gone past what this node has read).
+        let after = self.position().max(self.high_water);
         let id = self.hub.inner.key_id(after);
         let names: Vec<String> = self.lanes.iter().map(|l| l.name.to_string()).collect();
         self.first.clear();

@@ -5,6 +5,7 @@ use std::{
     cmp::Reverse,
     collections::{BinaryHeap, HashMap},
     sync::{Arc, atomic::Ordering},
+    time::Duration,
 };
 
 use tokio::time::Instant;
@@ -73,7 +74,10 @@ impl Topics {
             return;
         }
         let newest = topic.read().entries.back().map(|e| e.at);
-        let at = newest.unwrap_or_else(Instant::now) + age;
+        // Strictly later than when the newest event turns `age` old (eviction
+        // takes events older than `age`): popped at its deadline, the topic
+        // is empty, never scheduled again for the same instant.
+        let at = newest.unwrap_or_else(Instant::now) + age + Duration::from_millis(1);
         self.expiry.push(Reverse((at, name.clone())));
     }
 
@@ -137,7 +141,8 @@ impl Inner {
 
     /// Gives back a stream's places: a topic left with no stream goes when
     /// its history is empty (in memory) or at once (on Redis, which keeps
-    /// the history; the node stops following it).
+    /// the history; the node stops following it). Lock order: the topic
+    /// map, then the Redis backend's `following`.
     pub(crate) fn release(&self, taken: &[Place]) {
         let mut gone = Vec::new();
         {
@@ -160,10 +165,13 @@ impl Inner {
                     topics.schedule(name, topic, self);
                 }
             }
-        }
-        #[cfg(feature = "redis")]
-        if let Some(backend) = &self.redis {
-            backend.unfollow(&gone);
+            // Under the map lock: a stream that makes the topic again (which
+            // takes this lock) follows it afresh, never to have its follow
+            // undone by this unfollow.
+            #[cfg(feature = "redis")]
+            if let Some(backend) = &self.redis {
+                backend.unfollow(&gone);
+            }
         }
         drop(gone);
     }

@@ -12,8 +12,8 @@ use bytes::Bytes;
 use tokio::{sync::Notify, time::Instant};
 
 use super::{
-    MAX_BACKOFF, PAGE, READ_BLOCK, StreamId, format_id, pairs, parse_entries, parse_id, text,
-    with_id,
+    MAX_BACKOFF, PAGE, READ_BLOCK, StreamId, format_id, pairs, parse_entries, parse_id, stream_key,
+    text, topic_of, with_id,
 };
 use crate::hub::{Entry, Inner, topic::Topic};
 
@@ -117,7 +117,7 @@ async fn xread(
     }
     cmd.arg("STREAMS");
     for (name, _) in topics {
-        cmd.arg(format!("{prefix}{name}"));
+        cmd.arg(stream_key(prefix, name));
     }
     for (_, id) in topics {
         cmd.arg(format_id(*id));
@@ -126,7 +126,7 @@ async fn xread(
     let mut read = HashMap::new();
     for (key, entries) in pairs(&reply) {
         let Some(key) = text(&key) else { continue };
-        if let Some(name) = key.strip_prefix(prefix) {
+        if let Some(name) = topic_of(prefix, &key) {
             read.insert(name.to_owned(), parse_entries(&entries));
         }
     }
