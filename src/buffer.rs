@@ -25,6 +25,7 @@ use std::{fmt, sync::Arc};
 /// # let _ = (fixed, newest_lost, oldest_lost, per_stream);
 /// ```
 #[derive(Clone)]
+#[must_use = "a Buffer does nothing until given to a layer or a stream"]
 pub struct Buffer {
     kind: Kind,
 }

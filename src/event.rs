@@ -82,6 +82,7 @@ pub fn mk_data(name: Option<&str>, data: &str, id: Option<&str>) -> Result<Bytes
 /// assert_eq!(&plain.encode().unwrap()[..], b"data: hello\r\n\r\n");
 /// ```
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[must_use = "an Event does nothing until it is sent or published"]
 pub struct Event {
     pub(crate) name: Option<String>,
     /// `Cow` so that [`Event::from_static`] needs no copy before encoding.
@@ -161,6 +162,7 @@ impl Event {
     /// assert_eq!(&event.encode().unwrap()[..], b"data: {\"n\":1}\r\n\r\n");
     /// ```
     #[cfg(feature = "json")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "json")))]
     pub fn json<T: serde::Serialize + ?Sized>(value: &T) -> Result<Self, EventError> {
         serde_json::to_string(value)
             .map(Self::new)
@@ -450,6 +452,7 @@ pub enum EventError {
     NulInId,
     /// The data could not be serialised as JSON.
     #[cfg(feature = "json")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "json")))]
     Json(serde_json::Error),
 }
 

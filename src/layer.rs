@@ -66,8 +66,8 @@ where
 
 /// Pedestal's old name for [`start_event_stream`].
 #[deprecated(
-    since = "0.7.0",
-    note = "Pedestal deprecated sse-setup in 0.7.0; use start_event_stream"
+    since = "0.1.0",
+    note = "Pedestal deprecated sse-setup in its 0.7.0; use start_event_stream"
 )]
 pub fn sse_setup<F, Fut>(ready: F, heartbeat: Duration, buffer: impl Into<Buffer>) -> SseLayer
 where
@@ -80,8 +80,8 @@ where
 /// Ends the stream a sender belongs to (queued events are still delivered),
 /// like Pedestal's `end-event-stream`.
 #[deprecated(
-    since = "0.4.0",
-    note = "Pedestal deprecated end-event-stream in 0.4.0; use EventSender::close or drop the senders"
+    since = "0.1.0",
+    note = "Pedestal deprecated end-event-stream in its 0.4.0; use EventSender::close or drop the senders"
 )]
 pub fn end_event_stream(sender: &EventSender) {
     sender.close();
@@ -98,6 +98,7 @@ pub fn end_event_stream(sender: &EventSender) {
 /// Built by [`start_event_stream`] or [`SseLayer::new`] with Pedestal's
 /// defaults (heartbeat 10 s, fixed buffer of 10).
 #[derive(Clone)]
+#[must_use = "an SseLayer does nothing until it wraps a service"]
 pub struct SseLayer {
     config: Arc<StreamConfig>,
 }

@@ -77,6 +77,7 @@
 //! and CRLF as LF); a name or id that cannot be written on one line is an
 //! [`EventError`], never a panic or a corrupted stream.
 #![deny(missing_docs, unsafe_code, unreachable_pub)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![warn(rust_2018_idioms, clippy::all)]
 
 mod body;
@@ -113,4 +114,11 @@ pub use sender::{EventSender, SendError, TrySendError, do_heartbeat, send_event}
 pub use stats::{SseStats, active_streams};
 pub use stream::{DEFAULT_BUFFER, DEFAULT_HEARTBEAT, SseResponse, start_stream};
 /// The shutdown signal taken by [`SseLayer::shutdown_on`] (re-exported from `tokio-util`).
+///
+/// A pre-1.0 crate's type in this crate's API, kept on purpose: it is the
+/// token tokio's own documentation uses for graceful shutdown, the one an
+/// axum application already hands to `with_graceful_shutdown`
+/// (`token.cancelled_owned()`), and the re-export spares a dependency line
+/// that must match ours. A `tokio-util` 0.8 would mean a breaking release
+/// of this crate (its semver is tied to tokio-util's 0.7).
 pub use tokio_util::sync::CancellationToken;

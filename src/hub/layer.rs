@@ -63,6 +63,7 @@ impl fmt::Debug for HubSource {
 /// # let _ = forbidden;
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[must_use = "a Refusal does nothing until returned"]
 pub struct Refusal {
     status: StatusCode,
     body: Bytes,

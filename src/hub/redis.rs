@@ -108,6 +108,7 @@ impl HubBuilder {
     /// hub.publish("chat", "hello from any node").await?;
     /// # Ok(()) }
     /// ```
+    #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
     pub async fn build_redis(self, url: &str) -> Result<Hub, RedisError> {
         let client = Client::open(url)?;
         let config = |response: Duration| {
