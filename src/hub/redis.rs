@@ -208,11 +208,7 @@ impl Backend {
         resume: &Resume,
     ) -> Begun {
         // Live: after everything every topic has complete on this node.
-        let live = topics
-            .iter()
-            .map(|topic| topic.read().complete)
-            .min()
-            .unwrap_or_default();
+        let live = Topic::complete_in_all(topics.iter().map(|t| &**t));
         let id = match resume {
             Resume::Live => return Begun::live(live),
             // Live only: nothing is replayed, from Redis either.
@@ -300,11 +296,7 @@ impl Backend {
                     backoff = (backoff * 2).min(MAX_BACKOFF);
                 }
                 Ok(None) => {
-                    let live = topics
-                        .iter()
-                        .map(|topic| topic.read().complete)
-                        .min()
-                        .unwrap_or_default();
+                    let live = Topic::complete_in_all(topics.iter().map(|t| &**t));
                     return Begun::reset(live, resume);
                 }
                 Ok(Some((entries, through, complete))) => {

@@ -273,11 +273,7 @@ impl Subscription {
         if !inner.is_redis() {
             return (inner.published.load(Ordering::Acquire), 0);
         }
-        self.lanes
-            .iter()
-            .map(|lane| lane.topic.read().complete)
-            .min()
-            .unwrap_or_default()
+        Topic::complete_in_all(self.lanes.iter().map(|lane| &*lane.topic))
     }
 
     /// With a snapshot function, starts sending each topic's snapshot in
@@ -414,11 +410,7 @@ impl Subscription {
         if self.lanes.len() == 1 {
             return (u64::MAX, u64::MAX);
         }
-        self.lanes
-            .iter()
-            .map(|lane| lane.topic.read().complete)
-            .min()
-            .unwrap_or_default()
+        self.position()
     }
 }
 

@@ -136,6 +136,16 @@ impl Topic {
         }
     }
 
+    /// The newest key through which every one of `topics` is complete (on
+    /// Redis: where a stream of those topics stands live).
+    pub(crate) fn complete_in_all<'t>(topics: impl IntoIterator<Item = &'t Topic>) -> Key {
+        topics
+            .into_iter()
+            .map(|topic| topic.read().complete)
+            .min()
+            .unwrap_or_default()
+    }
+
     pub(crate) fn read(&self) -> RwLockReadGuard<'_, Ring> {
         self.ring.read().unwrap_or_else(PoisonError::into_inner)
     }
