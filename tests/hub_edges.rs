@@ -11,17 +11,13 @@ use axum::{Router, routing::get};
 use common::*;
 use tower_sse::{Hub, LagPolicy};
 
-/// DEFECT (fixed). `max_age` promises that an idle topic goes once its newest event
-/// is older than `age`. The expiry queue pops a topic when `at <= now`
-/// (`Topics::expire`, src/hub/mod.rs:263), but `Ring::evict` forgets an
-/// event only when it is strictly older than `age` (src/hub/topic.rs:90,
-/// `> age`). At `now == newest.at + age` exactly, nothing is evicted, the
-/// topic is scheduled again for the same instant (src/hub/mod.rs:281 ->
-/// `schedule`, mod.rs:256) and popped again: an endless loop while holding
-/// the topic map lock, so every later publish and subscribe hangs too.
-/// Deterministic under tokio's paused clock (which the hub uses).
-#[test]
-fn an_idle_topic_expiring_exactly_now_does_not_hang_the_hub() {
+/// Runs `body` on a current-thread runtime with tokio's clock paused, in a
+/// thread of its own; fails with `hang` unless it returns within
+/// [`PATIENCE`] (a hang under a lock would never return).
+fn returns_on_a_paused_clock<F>(hang: &str, body: impl FnOnce() -> F + Send + 'static)
+where
+    F: std::future::Future<Output = ()>,
+{
     let (done, finished) = mpsc::channel();
     std::thread::spawn(move || {
         let runtime = tokio::runtime::Builder::new_current_thread()
@@ -29,32 +25,41 @@ fn an_idle_topic_expiring_exactly_now_does_not_hang_the_hub() {
             .start_paused(true)
             .build()
             .unwrap();
-        runtime.block_on(async {
+        runtime.block_on(body());
+        let _ = done.send(());
+    });
+    finished.recv_timeout(PATIENCE).expect(hang);
+}
+
+/// DEFECT (fixed). `max_age` promises that an idle topic goes once its newest
+/// event is older than `age`. The expiry queue popped a topic at its
+/// deadline, `newest.at + age` (`Topics::expire`), but `Ring::evict` forgets
+/// an event only when it is strictly older than `age`: at exactly that
+/// instant nothing was evicted, the topic was scheduled again for the same
+/// instant and popped again, an endless loop under the topic map lock, so
+/// every later publish and subscribe hung too. Deterministic under tokio's
+/// paused clock (which the hub uses).
+#[test]
+fn an_idle_topic_expiring_exactly_now_does_not_hang_the_hub() {
+    returns_on_a_paused_clock(
+        "publish never returned: the expiry queue loops under the topic map lock",
+        || async {
             let hub = Hub::builder().max_age(Duration::from_secs(1)).build();
             hub.publish("idle", "old").await.unwrap();
             tokio::time::advance(Duration::from_secs(1)).await;
             // Any publish (or subscribe) runs the expiry queue first.
             hub.publish("other", "new").await.unwrap();
-        });
-        let _ = done.send(());
-    });
-    finished
-        .recv_timeout(PATIENCE)
-        .expect("publish never returned: the expiry queue loops under the topic map lock");
+        },
+    );
 }
 
 /// The same boundary reached by a stream arriving (acquire runs the expiry
 /// queue too): a subscriber, not only a publisher, hangs.
 #[test]
 fn a_stream_arriving_when_a_topic_expires_exactly_now_does_not_hang() {
-    let (done, finished) = mpsc::channel();
-    std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .start_paused(true)
-            .build()
-            .unwrap();
-        runtime.block_on(async {
+    returns_on_a_paused_clock(
+        "Hub::stream never returned: the expiry queue loops under the topic map lock",
+        || async {
             let hub = Hub::builder().max_age(Duration::from_millis(500)).build();
             hub.publish("idle", "old").await.unwrap();
             tokio::time::advance(Duration::from_millis(500)).await;
@@ -67,12 +72,8 @@ fn a_stream_arriving_when_a_topic_expires_exactly_now_does_not_hang() {
                 )
                 .map(|_| ());
             assert!(response.is_ok());
-        });
-        let _ = done.send(());
-    });
-    finished
-        .recv_timeout(PATIENCE)
-        .expect("Hub::stream never returned: the expiry queue loops under the topic map lock");
+        },
+    );
 }
 
 // ---- Attempts that found nothing (kept as regression checks) ----
