@@ -105,7 +105,7 @@ use tokio::{
     net::{TcpSocket, TcpStream},
     sync::{Semaphore, broadcast, mpsc, watch},
 };
-use tower_sse::{Event, Hub, SseLayer};
+use tower_sse::{Event, SseLayer, hub::Hub};
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
 

@@ -23,7 +23,10 @@ use axum::{
     response::Html,
     routing::{get, post},
 };
-use tower_sse::{CancellationToken, Event, Hub, Refusal, SseResponse, StreamContext};
+use tower_sse::{
+    CancellationToken, Event, SseResponse, StreamContext,
+    hub::{Hub, Refusal},
+};
 
 const TOPIC: &str = "chat";
 

@@ -26,15 +26,15 @@ use tracing::Instrument;
 use crate::{
     StreamContext,
     buffer::Policy,
+    config::StreamConfig,
     event::HEARTBEAT,
     frame::FrameBuilder,
     hub::Lagged,
     hub::Subscription,
-    queue::{Ended, ProducerPoll, Queue},
+    queue::{Ended, Queue, ReadyPoll},
     sender::EventSender,
     stall::{Out, StallWatch},
     stats::{self, StreamTotals},
-    stream::StreamConfig,
 };
 
 /// Why a stream ended, as given to the on-disconnect callback.
@@ -60,7 +60,7 @@ pub enum DisconnectReason {
     /// closed (HTTP/1) or the stream reset (HTTP/2).
     Stalled,
     /// A hub stream fell behind its topics' history under
-    /// [`LagPolicy::Close`](crate::LagPolicy::Close): the body ended cleanly
+    /// [`LagPolicy::Close`](crate::hub::LagPolicy::Close): the body ended cleanly
     /// and the client reconnects, resuming from `Last-Event-ID`.
     Lagged,
 }
@@ -189,7 +189,7 @@ enum Source {
     /// The per-stream queue the ready function's senders feed.
     Queue {
         queue: Arc<Queue>,
-        producer: Producer,
+        ready_fn: ReadyState,
     },
     /// A hub's topics, read by the body itself.
     Hub {
@@ -199,7 +199,7 @@ enum Source {
 }
 
 /// Where the application's ready function is.
-enum Producer {
+enum ReadyState {
     /// Not called yet: the body calls it at its first poll, in the runtime
     /// that polls it.
     Waiting(EventSender),
@@ -249,7 +249,7 @@ impl EventStream {
             None => {
                 let queue = Arc::new(Queue::new(policy, capacity));
                 Source::Queue {
-                    producer: Producer::Waiting(EventSender::new(queue.clone())),
+                    ready_fn: ReadyState::Waiting(EventSender::new(queue.clone())),
                     queue,
                 }
             }
@@ -295,7 +295,7 @@ impl State {
     /// Calls the ready function and arms the heartbeat, inside the runtime
     /// that first polls the body.
     fn start(&mut self, mut timer: Pin<&mut Option<Sleep>>) {
-        let Source::Queue { queue, producer } = &mut self.source else {
+        let Source::Queue { queue, ready_fn } = &mut self.source else {
             let Source::Hub { started, .. } = &mut self.source else {
                 return;
             };
@@ -311,11 +311,11 @@ impl State {
             }
             return;
         };
-        if !matches!(producer, Producer::Waiting(_)) {
+        if !matches!(ready_fn, ReadyState::Waiting(_)) {
             return;
         }
         let queue = queue.clone();
-        let Producer::Waiting(sender) = std::mem::replace(producer, Producer::Done) else {
+        let ReadyState::Waiting(sender) = std::mem::replace(ready_fn, ReadyState::Done) else {
             return;
         };
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
@@ -339,13 +339,13 @@ impl State {
             }
         };
         let started = if queue.policy() == Policy::Wait && !self.config.spawn_ready {
-            Producer::Polled(Mutex::new(ready))
+            ReadyState::Polled(Mutex::new(ready))
         } else {
             let task = runtime.spawn(ready.instrument(self.span().clone()));
-            Producer::Spawned(task.abort_handle())
+            ReadyState::Spawned(task.abort_handle())
         };
-        if let Source::Queue { producer, .. } = &mut self.source {
-            *producer = started;
+        if let Source::Queue { ready_fn, .. } = &mut self.source {
+            *ready_fn = started;
         }
         if let Some(delay) = self.config.heartbeat().or(self.config.stall_timeout) {
             timer.set(Some(tokio::time::sleep(delay)));
@@ -354,25 +354,25 @@ impl State {
 
     /// Polls a body-polled ready function if it was woken since its last
     /// poll; `true` if it was polled.
-    fn poll_producer(&mut self) -> bool {
-        let Source::Queue { queue, producer } = &mut self.source else {
+    fn poll_ready_fn(&mut self) -> bool {
+        let Source::Queue { queue, ready_fn } = &mut self.source else {
             return false;
         };
-        // Cleared whatever the producer: a stale wake-up must not spin the body.
-        if !queue.take_producer_wake() {
+        // Cleared whatever the ready function: a stale wake-up must not spin the body.
+        if !queue.take_ready_wake() {
             return false;
         }
-        let Producer::Polled(ready) = producer else {
+        let ReadyState::Polled(ready) = ready_fn else {
             return false;
         };
         let ready = ready.get_mut().unwrap_or_else(PoisonError::into_inner);
-        // The queue is the producer's waker: a wake-up flags it and wakes the body.
+        // The queue is the ready function's waker: a wake-up flags it and wakes the body.
         let waker = Waker::from(queue.clone());
         let mut cx = Context::from_waker(&waker);
         let span = self.span.as_deref().unwrap_or(&NO_SPAN);
         let polled = {
             let _entered = span.enter();
-            let _producer = ProducerPoll::enter(queue);
+            let _polling = ReadyPoll::enter(queue);
             catch_unwind(AssertUnwindSafe(|| ready.as_mut().poll(&mut cx)))
         };
         match polled {
@@ -383,24 +383,24 @@ impl State {
                 queue.mark_panicked();
             }
         }
-        self.stop_producer();
+        self.stop_ready_fn();
         true
     }
 
     /// Drops or aborts the ready function (dropping its senders).
-    fn stop_producer(&mut self) {
-        let Source::Queue { producer, .. } = &mut self.source else {
+    fn stop_ready_fn(&mut self) {
+        let Source::Queue { ready_fn, .. } = &mut self.source else {
             return;
         };
-        match std::mem::replace(producer, Producer::Done) {
-            Producer::Polled(ready) => {
+        match std::mem::replace(ready_fn, ReadyState::Done) {
+            ReadyState::Polled(ready) => {
                 // Its destructors may run inside hyper's task or a `Drop`: never unwind there.
                 if catch_unwind(AssertUnwindSafe(move || drop(ready))).is_err() {
                     tracing::error!(parent: self.span(), "the ready function panicked when dropped");
                 }
             }
-            Producer::Spawned(task) => task.abort(),
-            Producer::Waiting(_) | Producer::Done => {}
+            ReadyState::Spawned(task) => task.abort(),
+            ReadyState::Waiting(_) | ReadyState::Done => {}
         }
     }
 
@@ -445,14 +445,14 @@ impl State {
             return Poll::Ready(Ok(frame.take()));
         }
         for _ in 0..MAX_REFILLS {
-            let polled = self.poll_producer();
+            let polled = self.poll_ready_fn();
             let Source::Queue { queue, .. } = &self.source else {
                 break;
             };
             match queue.poll_recv(cx, HEARTBEAT, &mut frame) {
                 Poll::Ready(Ok(taken)) => {
                     self.events += taken as u64;
-                    if frame.is_full() || !queue.producer_woken() {
+                    if frame.is_full() || !queue.ready_woken() {
                         break;
                     }
                     if taken == 0 && polled {
@@ -485,7 +485,7 @@ impl State {
             }
             Source::Hub { .. } => 0,
         };
-        self.stop_producer();
+        self.stop_ready_fn();
         if let Source::Hub { subscription, .. } = &mut self.source {
             // Leaves the topics now, not when the body is dropped.
             subscription.close();

@@ -1,6 +1,6 @@
 //! What the ready function and the disconnect callback learn about the request.
 
-use std::{convert::Infallible, fmt, sync::Arc};
+use std::{fmt, sync::Arc};
 
 use http::{Extensions, HeaderMap, Method, Uri, Version, request::Parts};
 
@@ -88,8 +88,8 @@ impl StreamContext {
     ///
     /// It is the header whole, as long as the client made it (hyper bounds
     /// the request head): an application with ids of its own should bound
-    /// what it looks up or sends back. A [`Hub`](crate::Hub) looks at no more
-    /// than [`MAX_LAST_EVENT_ID_LEN`](crate::MAX_LAST_EVENT_ID_LEN) bytes.
+    /// what it looks up or sends back. A [`Hub`](crate::hub::Hub) looks at no more
+    /// than [`MAX_LAST_EVENT_ID_LEN`](crate::hub::MAX_LAST_EVENT_ID_LEN) bytes.
     ///
     /// ```
     /// let request = http::Request::builder()
@@ -121,8 +121,10 @@ impl fmt::Debug for StreamContext {
     }
 }
 
+#[cfg(feature = "axum")]
+#[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
 impl<S: Send + Sync> axum::extract::FromRequestParts<S> for StreamContext {
-    type Rejection = Infallible;
+    type Rejection = std::convert::Infallible;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
         Ok(Self::from_parts(parts))
@@ -132,8 +134,8 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for StreamContext {
 /// The request's `Last-Event-ID` header, as an axum extractor (never rejects).
 ///
 /// As [`StreamContext::last_event_id`]: the header whole if it is UTF-8,
-/// whatever its length (a [`Hub`](crate::Hub) caps what it uses at
-/// [`MAX_LAST_EVENT_ID_LEN`](crate::MAX_LAST_EVENT_ID_LEN) bytes).
+/// whatever its length (a [`Hub`](crate::hub::Hub) caps what it uses at
+/// [`MAX_LAST_EVENT_ID_LEN`](crate::hub::MAX_LAST_EVENT_ID_LEN) bytes).
 ///
 /// ```
 /// use axum::{Router, routing::get};
@@ -147,8 +149,10 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for StreamContext {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct LastEventId(pub Option<String>);
 
+#[cfg(feature = "axum")]
+#[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
 impl<S: Send + Sync> axum::extract::FromRequestParts<S> for LastEventId {
-    type Rejection = Infallible;
+    type Rejection = std::convert::Infallible;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
         Ok(Self(last_event_id(&parts.headers).map(str::to_owned)))

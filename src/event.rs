@@ -8,53 +8,10 @@ use std::{borrow::Cow, fmt, time::Duration};
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-/// Line terminator written after every field, as in Pedestal.
-pub const CRLF: &[u8] = b"\r\n";
-/// Prefix of the field naming the event type.
-pub const EVENT_FIELD: &[u8] = b"event: ";
-/// Prefix of each data line.
-pub const DATA_FIELD: &[u8] = b"data: ";
-/// Prefix of the event id field.
-pub const ID_FIELD: &[u8] = b"id: ";
-/// Prefix of a comment line (heartbeats are comments).
-pub const COMMENT_FIELD: &[u8] = b": ";
-/// Prefix of the reconnection-delay field (not in the seed; part of the SSE spec).
-pub const RETRY_FIELD: &[u8] = b"retry: ";
+use crate::pedestal::{COMMENT_FIELD, CRLF, DATA_FIELD, EVENT_FIELD, ID_FIELD, RETRY_FIELD};
 
 /// The heartbeat Pedestal writes: an empty comment line.
 pub(crate) const HEARTBEAT: &[u8] = b": \r\n";
-
-/// Encodes a string as UTF-8 bytes, like Pedestal's `get-bytes`.
-///
-/// ```
-/// assert_eq!(&tower_sse::get_bytes("hé")[..], "hé".as_bytes());
-/// ```
-pub fn get_bytes(s: &str) -> Bytes {
-    Bytes::copy_from_slice(s.as_bytes())
-}
-
-/// Encodes one event from a name, data and id, like Pedestal's `mk-data`.
-///
-/// # Errors
-///
-/// [`EventError`] when the name or id cannot be written on one line (see
-/// [`Event::encode`]).
-///
-/// ```
-/// let bytes = tower_sse::mk_data(Some("count"), "1", Some("7")).unwrap();
-/// assert_eq!(&bytes[..], b"event: count\r\nid: 7\r\ndata: 1\r\n\r\n");
-/// assert!(tower_sse::mk_data(Some("bad\nname"), "1", None).is_err());
-/// ```
-pub fn mk_data(name: Option<&str>, data: &str, id: Option<&str>) -> Result<Bytes, EventError> {
-    let mut event = Event::new(data);
-    if let Some(name) = name {
-        event = event.name(name);
-    }
-    if let Some(id) = id {
-        event = event.id(id);
-    }
-    event.encode()
-}
 
 /// A Server-Sent Event: optional name, data, id, retry hint and comment.
 ///

@@ -70,7 +70,7 @@ impl FrameBuilder {
             self.joined.reserve(first.len() + room.max(bytes.len()));
             self.joined.extend_from_slice(&first);
         } else if self.joined.capacity() - self.joined.len() < bytes.len() {
-            // A producer refilled the queue while the frame was gathered: it
+            // A ready function refilled the queue while the frame was gathered: it
             // is busy, so grow once, to the cap, rather than copy at every
             // doubling (large copies are slow on some machines; see `event.rs`).
             self.joined

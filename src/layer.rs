@@ -18,74 +18,10 @@ use tower::{Layer, Service};
 
 use crate::{
     Buffer, DisconnectReason, Event, EventSender, EventStream, SseStats, StreamContext,
+    config::{DEFAULT_BUFFER, DEFAULT_HEARTBEAT, StreamConfig},
     hub::{HubSource, Refusal, Selected},
-    stream::{DEFAULT_BUFFER, DEFAULT_HEARTBEAT, StreamConfig, set_stream_headers, starts_stream},
+    response::{set_stream_headers, starts_stream},
 };
-
-/// Wraps a handler so that its successful responses become event streams,
-/// like Pedestal's `start-event-stream`.
-///
-/// The ready function is called once, concurrently with the stream, with
-/// the stream's [`EventSender`] and the request's [`StreamContext`]; with a
-/// fixed buffer the response body polls it (no task per stream), with a
-/// dropping or sliding buffer it runs as a task of its own (see
-/// [`EventStream`](crate::EventStream)). Heartbeat: a comment after each
-/// `heartbeat` of silence (`Duration::ZERO` turns heartbeats off). Buffer:
-/// anything `Into<Buffer>` (a number is a fixed buffer).
-///
-/// ```no_run
-/// use std::time::Duration;
-/// use axum::{Router, routing::get};
-/// use tower_sse::{Event, EventSender, StreamContext, start_event_stream};
-///
-/// async fn ready(events: EventSender, _ctx: StreamContext) {
-///     for i in 0..10 {
-///         if events.send(Event::new(i.to_string()).name("counter")).await.is_err() {
-///             return;
-///         }
-///         tokio::time::sleep(Duration::from_secs(1)).await;
-///     }
-/// }
-///
-/// let app: Router = Router::new().route(
-///     "/counter",
-///     get(|| async {}).layer(start_event_stream(ready, Duration::from_secs(10), 10)),
-/// );
-/// ```
-pub fn start_event_stream<F, Fut>(
-    ready: F,
-    heartbeat: Duration,
-    buffer: impl Into<Buffer>,
-) -> SseLayer
-where
-    F: Fn(EventSender, StreamContext) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = ()> + Send + 'static,
-{
-    SseLayer::new(ready).heartbeat(heartbeat).buffer(buffer)
-}
-
-/// Pedestal's old name for [`start_event_stream`].
-#[deprecated(
-    since = "0.1.0",
-    note = "Pedestal deprecated sse-setup in its 0.7.0; use start_event_stream"
-)]
-pub fn sse_setup<F, Fut>(ready: F, heartbeat: Duration, buffer: impl Into<Buffer>) -> SseLayer
-where
-    F: Fn(EventSender, StreamContext) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = ()> + Send + 'static,
-{
-    start_event_stream(ready, heartbeat, buffer)
-}
-
-/// Ends the stream a sender belongs to (queued events are still delivered),
-/// like Pedestal's `end-event-stream`.
-#[deprecated(
-    since = "0.1.0",
-    note = "Pedestal deprecated end-event-stream in its 0.4.0; use EventSender::close or drop the senders"
-)]
-pub fn end_event_stream(sender: &EventSender) {
-    sender.close();
-}
 
 /// A [`Layer`] that turns a handler's 2xx responses into event streams.
 ///
@@ -95,7 +31,7 @@ pub fn end_event_stream(sender: &EventSender) {
 /// charset=UTF-8`, `Cache-Control: no-cache`, `X-Accel-Buffering: no` (and
 /// `Connection: close` on HTTP/1.x), and its body becomes the stream.
 ///
-/// Built by [`start_event_stream`] or [`SseLayer::new`] with Pedestal's
+/// Built by [`start_event_stream`](crate::start_event_stream) or [`SseLayer::new`] with Pedestal's
 /// defaults (heartbeat 10 s, fixed buffer of 10).
 #[derive(Clone)]
 #[must_use = "an SseLayer does nothing until it wraps a service"]
@@ -131,7 +67,7 @@ impl SseLayer {
         }
     }
 
-    /// A layer serving a hub's streams (see [`Hub::layer`](crate::Hub::layer)).
+    /// A layer serving a hub's streams (see [`Hub::layer`](crate::hub::Hub::layer)).
     pub(crate) fn for_hub(source: HubSource) -> Self {
         let mut layer = Self::new(|_events: EventSender, _ctx: StreamContext| async {});
         Arc::make_mut(&mut layer.config).hub = Some(source);
@@ -243,7 +179,7 @@ impl SseLayer {
     /// body fails with [`StreamError::Stalled`](crate::StreamError), hyper
     /// closes the connection (HTTP/1) or resets the stream (HTTP/2), and the
     /// disconnect callback gets [`DisconnectReason::Stalled`]. An
-    /// `EventSource` then reconnects (and, with a [`Hub`](crate::Hub),
+    /// `EventSource` then reconnects (and, with a [`Hub`](crate::hub::Hub),
     /// resumes from history). Off by default; `Duration::ZERO` turns it off.
     ///
     /// With a stall timeout the body hands the connection one frame at a

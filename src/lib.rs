@@ -13,7 +13,7 @@
 //! ```no_run
 //! use std::time::Duration;
 //! use axum::{Router, routing::get};
-//! use tower_sse::{Event, EventSender, StreamContext, start_event_stream};
+//! use tower_sse::{Event, EventSender, SseLayer, StreamContext, start_event_stream};
 //!
 //! async fn ready(events: EventSender, _ctx: StreamContext) {
 //!     for i in 0..10 {
@@ -25,30 +25,43 @@
 //! }
 //!
 //! # async fn run() -> std::io::Result<()> {
-//! let app = Router::new().route(
-//!     "/counter",
-//!     get(|| async {}).layer(start_event_stream(ready, Duration::from_secs(10), 10)),
-//! );
+//! let app = Router::new()
+//!     // The builder: every setting has a method.
+//!     .route(
+//!         "/counter",
+//!         get(|| async {}).layer(SseLayer::new(ready).heartbeat(Duration::from_secs(10)).buffer(10)),
+//!     )
+//!     // Pedestal's call, the same layer.
+//!     .route(
+//!         "/pedestal",
+//!         get(|| async {}).layer(start_event_stream(ready, Duration::from_secs(10), 10)),
+//!     );
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
 //! axum::serve(listener, app).await
 //! # }
 //! ```
 //!
-//! # From Pedestal
+//! # Where things are
 //!
-//! | Pedestal | tower-sse |
-//! |---|---|
-//! | `CRLF`, `EVENT_FIELD`, `DATA_FIELD`, `ID_FIELD`, `COMMENT_FIELD` | [`CRLF`], [`EVENT_FIELD`], [`DATA_FIELD`], [`ID_FIELD`], [`COMMENT_FIELD`] |
-//! | `get-bytes` | [`get_bytes`] |
-//! | `mk-data` | [`mk_data`], [`Event::encode`] |
-//! | `send-event` | [`send_event`], [`EventSender::send`], [`EventSender::try_send`], [`EventSender::blocking_send`] |
-//! | `do-heartbeat` | [`do_heartbeat`] |
-//! | `start-event-stream` | [`start_event_stream`], [`SseLayer`] |
-//! | `start-stream` | [`start_stream`] |
-//! | `:on-client-disconnect` | [`SseLayer::on_client_disconnect`] |
-//! | `bufferfn-or-n` | [`Buffer`] |
-//! | `end-event-stream`, `sse-setup` | deprecated [`end_event_stream`], [`sse_setup`] |
-//! | active-streams gauge | [`active_streams`], [`SseStats`] |
+//! - The crate root: what a handler or a router names — [`SseLayer`],
+//!   [`Event`], [`EventSender`], [`Buffer`], [`StreamContext`],
+//!   [`LastEventId`], [`start_stream`] and [`SseResponse`], [`EventStream`]
+//!   (the body alone), [`DisconnectReason`], [`SseStats`], and the errors.
+//! - [`hub`]: publish once to a topic, fan out to every subscribed stream,
+//!   resume from history with `Last-Event-ID`; in memory, or with the
+//!   `redis` feature on Redis Streams across machines.
+//! - [`pedestal`]: the port's names (`CRLF`, `mk_data`, `send_event`,
+//!   `do_heartbeat`, …) with a table from Pedestal 0.7 to this crate.
+//!   [`start_event_stream`], the mission's call, is also at the root.
+//!
+//! # Features
+//!
+//! - `axum` (default): [`SseResponse`], [`hub::Refusal`] as axum responses
+//!   and [`StreamContext`], [`LastEventId`] as extractors. Without it, the
+//!   layer, the body and the hub work on any tower HTTP service (hyper
+//!   alone: `examples/hyper.rs`).
+//! - `json`: [`Event::json`].
+//! - `redis`: the hub on Redis Streams.
 //!
 //! # Beyond Pedestal
 //!
@@ -57,18 +70,14 @@
 //!   stops reading ([`DisconnectReason::Stalled`]), on HTTP/1.1 and HTTP/2.
 //! - [`SseLayer::spawn_ready`]: run the ready function as a task of its own
 //!   (Pedestal's shape), so that heartbeats never wait for its CPU work.
-//! - [`Hub`]: publish once to a topic, fan out to every subscribed stream,
-//!   and resume reconnecting clients from history with `Last-Event-ID`
-//!   ([`LastEventId`] extractor). [`Hub::layer`] and [`Hub::stream`] serve
-//!   hub streams straight from the response body, topics chosen (or
-//!   refused, [`Refusal`]) per request; a snapshot function can replace
-//!   every gap ([`HubBuilder::snapshot`]); topics go when nothing holds them.
-//!   With the `redis` feature, on Redis Streams across machines
-//!   ([`HubBuilder::build_redis`](crate::HubBuilder)), in one id order.
-//! - [`EventStream`]: the body alone, for hyper or any tower server. With a
-//!   fixed buffer it polls the ready function itself (no task per stream)
-//!   and gathers what it sends into full frames, so even Pedestal's buffer
-//!   of 10 makes 64 KiB writes (BENCHMARKS.md has the figures).
+//! - [`hub::Hub`]: [`Hub::layer`](hub::Hub::layer) and
+//!   [`Hub::stream`](hub::Hub::stream) serve hub streams straight from the
+//!   response body, topics chosen (or refused) per request; a snapshot
+//!   function can replace every gap; topics go when nothing holds them.
+//! - [`EventStream`]: with a fixed buffer it polls the ready function itself
+//!   (no task per stream) and gathers what it sends into full frames, so
+//!   even Pedestal's buffer of 10 makes 64 KiB writes (BENCHMARKS.md has the
+//!   figures).
 //!
 //! # Wire format
 //!
@@ -76,43 +85,62 @@
 //! Data is split on CRLF, LF and lone CR, so any string arrives intact (CR
 //! and CRLF as LF); a name or id that cannot be written on one line is an
 //! [`EventError`], never a panic or a corrupted stream.
+//!
+//! # Internals: the life of an event
+//!
+//! Each hop is a file and a type, in the order an event takes them:
+//!
+//! 1. `sender.rs`, [`EventSender::send`]: the ready function hands over an
+//!    [`Event`].
+//! 2. `event.rs`, [`Event::encode`]: the event becomes its wire bytes, once,
+//!    checked (a bad name or id is an [`EventError`] here, at the call site).
+//! 3. `queue.rs`, `Queue::push`: the bytes wait in the stream's bounded
+//!    queue; the [`Buffer`] policy (`buffer.rs`) decides what a full queue
+//!    does (wait, drop the newest, drop the oldest).
+//! 4. `body.rs`, [`EventStream`]'s `poll_frame`: the body polls a
+//!    body-polled ready function, takes what is queued into one frame
+//!    (`frame.rs`, `FrameBuilder`, up to 64 KiB), and writes a heartbeat
+//!    comment after each silence; `stall.rs` watches a reader that stopped.
+//! 5. `layer.rs`, [`ResponseBody`]: the layer's body hands the frame to
+//!    hyper, which writes it to the socket.
+//!
+//! A hub event takes another road to the same body: `hub/mod.rs`,
+//! `Hub::publish` encodes it once into its topic's ring (`hub/topic.rs`,
+//! `Ring`); each stream's `Subscription` (`hub/subscription.rs`) reads the
+//! rings with its own cursors, and the body (step 4) takes its frames from
+//! there instead of from a queue. The settings every stream is built from
+//! are in `config.rs`; the response headers and [`start_stream`] in
+//! `response.rs`.
 #![deny(missing_docs, unsafe_code, unreachable_pub)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![warn(rust_2018_idioms, clippy::all)]
 
 mod body;
 mod buffer;
+mod config;
 mod context;
 mod event;
 mod frame;
-mod hub;
+pub mod hub;
 mod layer;
+pub mod pedestal;
 mod queue;
+mod response;
 mod sender;
 mod stall;
 mod stats;
-mod stream;
 mod sync;
 
 pub use body::{DisconnectReason, EventStream, StreamError};
 pub use buffer::Buffer;
+pub use config::{DEFAULT_BUFFER, DEFAULT_HEARTBEAT};
 pub use context::{LAST_EVENT_ID, LastEventId, StreamContext};
-pub use event::{
-    COMMENT_FIELD, CRLF, DATA_FIELD, EVENT_FIELD, Event, EventError, ID_FIELD, RETRY_FIELD,
-    get_bytes, mk_data,
-};
-pub use hub::{
-    Hub, HubBuilder, LAGGED_EVENT, LagPolicy, MAX_LAST_EVENT_ID_LEN, PublishError, RESET_EVENT,
-    Refusal,
-};
-#[allow(deprecated)]
-pub use layer::{
-    BoxError, ResponseBody, ResponseFuture, SseLayer, SseService, end_event_stream, sse_setup,
-    start_event_stream,
-};
-pub use sender::{EventSender, SendError, TrySendError, do_heartbeat, send_event};
+pub use event::{Event, EventError};
+pub use layer::{BoxError, ResponseBody, ResponseFuture, SseLayer, SseService};
+pub use pedestal::start_event_stream;
+pub use response::{SseResponse, start_stream};
+pub use sender::{EventSender, SendError, TrySendError};
 pub use stats::{SseStats, active_streams};
-pub use stream::{DEFAULT_BUFFER, DEFAULT_HEARTBEAT, SseResponse, start_stream};
 /// The shutdown signal taken by [`SseLayer::shutdown_on`] (re-exported from `tokio-util`).
 ///
 /// A pre-1.0 crate's type in this crate's API, kept on purpose: it is the

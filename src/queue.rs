@@ -34,9 +34,9 @@ use crate::{
 /// One stream's queue, shared by its senders and its body.
 pub(crate) struct Queue {
     state: Mutex<State>,
-    /// The producer that the body polls itself (see `body.rs`) was woken:
-    /// set by this queue's [`Wake`] impl, which is that producer's waker.
-    producer_woken: AtomicBool,
+    /// The ready function that the body polls itself (see `body.rs`) was woken:
+    /// set by this queue's [`Wake`] impl, which is that ready function's waker.
+    ready_woken: AtomicBool,
     policy: Policy,
     capacity: usize,
 }
@@ -238,8 +238,8 @@ impl Queue {
                 closing: Vec::new(),
                 next_id: 0,
             }),
-            // Set: a body-polled producer is polled first at the first poll.
-            producer_woken: AtomicBool::new(true),
+            // Set: a body-polled ready function is polled first at the first poll.
+            ready_woken: AtomicBool::new(true),
             policy,
             capacity: capacity.max(1),
         }
@@ -312,7 +312,7 @@ impl Queue {
     /// [`FrameBuilder`]), and returns how many it took.
     ///
     /// With nothing to give, it is `Ready(Err(_))` when no event can come any
-    /// more, `Ready(Ok(0))` when the producer polled by the body was woken
+    /// more, `Ready(Ok(0))` when the ready function polled by the body was woken
     /// (poll it, then call again), and otherwise `Pending`, with `cx` woken at
     /// the next event. A frame that is not empty clears the body's waker: the
     /// connection polls again once it has written the frame.
@@ -365,7 +365,7 @@ impl Queue {
                 }));
             }
             // Checked under the lock that `wake` takes, so a wake-up is never lost.
-            if self.producer_woken() {
+            if self.ready_woken() {
                 return Poll::Ready(Ok(0));
             }
             if state
@@ -390,18 +390,18 @@ impl Queue {
         }
     }
 
-    /// Whether the producer that the body polls was woken since the last
+    /// Whether the ready function that the body polls was woken since the last
     /// call; clears the flag.
-    pub(crate) fn take_producer_wake(&self) -> bool {
-        self.producer_woken.swap(false, Ordering::AcqRel)
+    pub(crate) fn take_ready_wake(&self) -> bool {
+        self.ready_woken.swap(false, Ordering::AcqRel)
     }
 
-    /// Whether the producer that the body polls was woken and not polled yet.
-    pub(crate) fn producer_woken(&self) -> bool {
-        self.producer_woken.load(Ordering::Acquire)
+    /// Whether the ready function that the body polls was woken and not polled yet.
+    pub(crate) fn ready_woken(&self) -> bool {
+        self.ready_woken.load(Ordering::Acquire)
     }
 
-    /// A producer panicked (its senders are dropped after the unwinding was
+    /// A ready function panicked (its senders are dropped after the unwinding was
     /// caught, so `remove_sender` cannot tell): accept nothing more, from
     /// any sender, and end with [`Ended::Panicked`] once the queue is empty.
     pub(crate) fn mark_panicked(&self) {
@@ -488,8 +488,8 @@ impl Queue {
 /// Spends tokio's cooperative budget as tokio's own channels do, so that a
 /// task sending in a loop yields now and then even when every send finds
 /// room (with a dropping or sliding buffer, always). Inside a body's poll of
-/// its own producer (see [`ProducerPoll`]) room is taken without it: that
-/// producer then fills whole frames, and the body bounds the poll itself.
+/// its own ready function (see [`ReadyPoll`]) room is taken without it: that
+/// ready function then fills whole frames, and the body bounds the poll itself.
 ///
 /// Cancel safe: dropped before it completes, it queued nothing, and a slot
 /// it had been granted passes to the next waiting send.
@@ -508,7 +508,7 @@ impl Future for Push<'_> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
-        let coop = if ProducerPoll::polls(this.queue) {
+        let coop = if ReadyPoll::polls(this.queue) {
             None
         } else {
             Some(ready!(crate::sync::poll_proceed(cx)))
@@ -687,20 +687,20 @@ impl Drop for WaitClosed<'_> {
 }
 
 thread_local! {
-    /// The address of the queue whose body is polling its own producer on
+    /// The address of the queue whose body is polling its own ready function on
     /// this thread (0: none).
     static PRODUCER_POLL: Cell<usize> = const { Cell::new(0) };
 }
 
-/// Marks this thread as polling the producer of `queue`'s body, until
-/// dropped: that producer's sends to *this* queue take free room without
+/// Marks this thread as polling the ready function of `queue`'s body, until
+/// dropped: that ready function's sends to *this* queue take free room without
 /// spending tokio's budget (see [`Push`]); every other send spends it, its
 /// sends to other streams included.
-pub(crate) struct ProducerPoll {
+pub(crate) struct ReadyPoll {
     outer: usize,
 }
 
-impl ProducerPoll {
+impl ReadyPoll {
     pub(crate) fn enter(queue: &Queue) -> Self {
         let address = std::ptr::from_ref(queue) as usize;
         Self {
@@ -713,13 +713,13 @@ impl ProducerPoll {
     }
 }
 
-impl Drop for ProducerPoll {
+impl Drop for ReadyPoll {
     fn drop(&mut self) {
         PRODUCER_POLL.with(|polled| polled.set(self.outer));
     }
 }
 
-/// The waker of the producer the body polls: it flags the producer and wakes
+/// The waker of the ready function the body polls: it flags the ready function and wakes
 /// the body, which polls it (sharing the queue's allocation, so a stream
 /// needs no task and no waker of its own).
 impl Wake for Queue {
@@ -728,7 +728,7 @@ impl Wake for Queue {
     }
 
     fn wake_by_ref(self: &Arc<Self>) {
-        self.producer_woken.store(true, Ordering::Release);
+        self.ready_woken.store(true, Ordering::Release);
         let waker = self.lock().receiver.take();
         if let Some(waker) = waker {
             waker.wake();

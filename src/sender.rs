@@ -21,6 +21,14 @@ pub struct EventSender {
 }
 
 impl EventSender {
+    /// Asks the body for one heartbeat at its next poll (Pedestal's
+    /// `do-heartbeat`, [`crate::pedestal::do_heartbeat`]).
+    pub(crate) fn request_heartbeat(&self) -> Result<(), SendError> {
+        self.queue
+            .request_heartbeat()
+            .map_err(|_| SendError::Closed)
+    }
+
     pub(crate) fn new(queue: Arc<Queue>) -> Self {
         Self { queue }
     }
@@ -209,58 +217,6 @@ impl fmt::Debug for EventSender {
             .field("capacity", &self.capacity())
             .finish()
     }
-}
-
-/// Sends an event built from a name, data and id, like Pedestal's `send-event`.
-///
-/// Pedestal's `put-fn` argument maps onto the sender's own methods:
-/// [`EventSender::send`] (waits), [`EventSender::try_send`] (never waits) and
-/// [`EventSender::blocking_send`] (plain threads); this function waits.
-///
-/// # Errors
-///
-/// As [`EventSender::send`].
-///
-/// ```
-/// # async fn ready(events: tower_sse::EventSender) {
-/// tower_sse::send_event(&events, Some("count"), "1", Some("1")).await.ok();
-/// # }
-/// ```
-pub async fn send_event(
-    sender: &EventSender,
-    name: Option<&str>,
-    data: &str,
-    id: Option<&str>,
-) -> Result<(), SendError> {
-    let mut event = Event::new(data);
-    if let Some(name) = name {
-        event = event.name(name);
-    }
-    if let Some(id) = id {
-        event = event.id(id);
-    }
-    sender.send(event).await
-}
-
-/// Writes one heartbeat comment (`: `) now, like Pedestal's `do-heartbeat`.
-///
-/// The heartbeat goes out at the body's next poll, ahead of queued events and
-/// outside the buffer (several requests before that poll give one heartbeat).
-///
-/// # Errors
-///
-/// [`SendError::Closed`] once the stream has ended.
-///
-/// ```
-/// # fn ready(events: tower_sse::EventSender) {
-/// tower_sse::do_heartbeat(&events).ok();
-/// # }
-/// ```
-pub fn do_heartbeat(sender: &EventSender) -> Result<(), SendError> {
-    sender
-        .queue
-        .request_heartbeat()
-        .map_err(|_| SendError::Closed)
 }
 
 /// Why [`EventSender::send`] did not queue an event.

@@ -12,7 +12,7 @@
 //! the test closes the browser, fails, times out or dies (even by SIGKILL),
 //! and `timeout` ends Chromium after [`CHROMIUM_LIFETIME`] in any case. The
 //! tests take turns.
-#![cfg(unix)]
+#![cfg(all(unix, feature = "axum"))]
 
 #[path = "../examples/live.rs"]
 mod live;
@@ -394,7 +394,7 @@ async fn the_page_shows_the_stream() {
 async fn chat_messages_cross_tabs_and_reconnects_catch_up() {
     let Some(chromium) = chromium() else { return };
     bounded(async {
-        let hub = tower_sse::Hub::new();
+        let hub = tower_sse::hub::Hub::new();
         let addr = common::serve(chat::app(hub.clone())).await;
         let browser = Chromium::launch(&chromium, format!("http://{addr}")).await;
         let tabs = [browser.open("/").await, browser.open("/").await];
@@ -475,7 +475,7 @@ async fn wait_for_chat(page: &Page, what: &str, done: impl Fn(&ChatState) -> boo
     }
 }
 
-async fn eventually_subscribed(hub: &tower_sse::Hub, n: usize) {
+async fn eventually_subscribed(hub: &tower_sse::hub::Hub, n: usize) {
     let deadline = Instant::now() + PATIENCE;
     while hub.subscribers() != n {
         assert!(

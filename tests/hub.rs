@@ -12,7 +12,8 @@ use eventsource_stream::Event as Received;
 use futures::StreamExt;
 use tokio::io::AsyncWriteExt;
 use tower_sse::{
-    Buffer, Event, Hub, LAGGED_EVENT, LagPolicy, LastEventId, PublishError, RESET_EVENT, SseLayer,
+    Buffer, Event, SseLayer,
+    hub::{Hub, LAGGED_EVENT, LagPolicy, PublishError, RESET_EVENT},
 };
 
 fn app(hub: &Hub, buffer: Buffer) -> Router {
@@ -386,8 +387,10 @@ async fn resume_under_concurrency_is_exact() {
     );
 }
 
+#[cfg(feature = "axum")]
 #[tokio::test]
 async fn last_event_id_extractor_reads_the_header() {
+    use tower_sse::LastEventId;
     async fn handler(LastEventId(last): LastEventId) -> String {
         last.unwrap_or_else(|| "none".to_owned())
     }
@@ -403,7 +406,7 @@ async fn last_event_id_extractor_reads_the_header() {
 }
 
 /// The hub's cap on a `Last-Event-ID` it looks up or echoes.
-const CAP: usize = tower_sse::MAX_LAST_EVENT_ID_LEN;
+const CAP: usize = tower_sse::hub::MAX_LAST_EVENT_ID_LEN;
 
 async fn open_with(addr: std::net::SocketAddr, last: &[u8]) -> reqwest::Response {
     reqwest::Client::new()

@@ -9,7 +9,7 @@ use std::{sync::mpsc, time::Duration};
 
 use axum::{Router, routing::get};
 use common::*;
-use tower_sse::{Hub, LagPolicy};
+use tower_sse::hub::{Hub, LagPolicy};
 
 /// Runs `body` on a current-thread runtime with tokio's clock paused, in a
 /// thread of its own; fails with `hang` unless it returns within

@@ -25,7 +25,10 @@ use common::*;
 use eventsource_stream::Event as Received;
 use futures::{Stream, StreamExt};
 use tokio::net::TcpSocket;
-use tower_sse::{Buffer, Event, Hub, LAGGED_EVENT, SseLayer};
+use tower_sse::{
+    Buffer, Event, SseLayer,
+    hub::{Hub, LAGGED_EVENT},
+};
 
 /// Each stream's buffer, in events.
 const CAPACITY: usize = 8;

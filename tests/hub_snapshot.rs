@@ -15,7 +15,10 @@ use std::{
 use axum::{Router, routing::get};
 use common::*;
 use eventsource_stream::Event as Received;
-use tower_sse::{Buffer, Event, Hub, LAGGED_EVENT, RESET_EVENT};
+use tower_sse::{
+    Buffer, Event,
+    hub::{Hub, LAGGED_EVENT, RESET_EVENT},
+};
 
 const PAD: usize = 1024;
 

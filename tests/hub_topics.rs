@@ -17,7 +17,10 @@ use common::*;
 use http::{Request, StatusCode};
 use http_body_util::BodyExt;
 use tower::ServiceExt;
-use tower_sse::{Buffer, Hub, PublishError, RESET_EVENT, Refusal};
+use tower_sse::{
+    Buffer,
+    hub::{Hub, PublishError, RESET_EVENT, Refusal},
+};
 
 /// Streams at `/topics/{name}`, one topic each, from the URI.
 fn app(hub: &Hub) -> Router {

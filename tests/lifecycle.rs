@@ -20,7 +20,7 @@ use tokio::{
 };
 use tower_sse::{
     Buffer, DisconnectReason, Event, EventError, EventSender, SendError, SseLayer, StreamContext,
-    TrySendError, do_heartbeat, start_stream,
+    TrySendError, pedestal::do_heartbeat, start_stream,
 };
 
 type Ends = Arc<Mutex<Vec<DisconnectReason>>>;
@@ -447,6 +447,7 @@ async fn non_2xx_responses_pass_through_and_start_no_stream() {
     assert_eq!(stats.streams_opened(), 0);
 }
 
+#[cfg(feature = "axum")]
 #[tokio::test]
 async fn start_stream_inside_a_handler() {
     async fn ready(events: EventSender, ctx: StreamContext) {

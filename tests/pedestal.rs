@@ -9,7 +9,7 @@ use axum::{Router, routing::get};
 use common::*;
 use futures::StreamExt;
 use tower_http::cors::CorsLayer;
-use tower_sse::{Event, EventSender, StreamContext, send_event, start_event_stream};
+use tower_sse::{Event, EventSender, StreamContext, pedestal::send_event, start_event_stream};
 
 #[path = "../examples/counter.rs"]
 mod counter;

@@ -20,7 +20,10 @@ use std::{
 
 use axum::{Router, routing::get};
 use common::*;
-use tower_sse::{Event, Hub, PublishError, RESET_EVENT};
+use tower_sse::{
+    Event,
+    hub::{Hub, PublishError, RESET_EVENT},
+};
 
 /// The Redis to test against, or `None` (with a message) to skip.
 fn redis_url() -> Option<String> {
@@ -268,7 +271,7 @@ async fn a_topic_listed_twice_delivers_each_event_once() {
 }
 
 /// The hub's cap on a `Last-Event-ID` it looks up or echoes.
-const CAP: usize = tower_sse::MAX_LAST_EVENT_ID_LEN;
+const CAP: usize = tower_sse::hub::MAX_LAST_EVENT_ID_LEN;
 
 #[tokio::test]
 async fn an_over_long_last_event_id_gets_a_short_reset_then_live_events() {

@@ -9,7 +9,7 @@ use std::{net::SocketAddr, time::Duration};
 
 use axum::{Router, routing::get};
 use common::*;
-use tower_sse::{Hub, RESET_EVENT};
+use tower_sse::hub::{Hub, RESET_EVENT};
 
 /// A key prefix of its own for each test.
 fn prefix(test: &str) -> String {

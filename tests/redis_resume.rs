@@ -27,7 +27,7 @@ use tokio::{
     io::{AsyncBufReadExt, AsyncWriteExt, BufReader},
     time::{Instant, timeout},
 };
-use tower_sse::{Event, Hub};
+use tower_sse::{Event, hub::Hub};
 
 /// A key prefix of its own for each test, so tests never see each other's streams.
 fn prefix(test: &str) -> String {

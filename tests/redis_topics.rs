@@ -15,7 +15,7 @@ use common::*;
 use http::Request;
 use http_body_util::BodyExt;
 use tower::ServiceExt;
-use tower_sse::Hub;
+use tower_sse::hub::Hub;
 
 /// Each of `TOWER_SSE_TOPICS` (100,000) topics gets one event and one stream
 /// that resumes from before it (a replay from Redis: the node follows the

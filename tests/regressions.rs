@@ -384,6 +384,7 @@ async fn a_layer_with_a_huge_fixed_buffer_still_streams() {
 }
 
 /// Defect 3, `start_stream` in a handler with `Buffer::fixed(usize::MAX)`.
+#[cfg(feature = "axum")]
 #[tokio::test]
 async fn start_stream_with_a_huge_fixed_buffer_still_streams() {
     let handler = |ctx: StreamContext| async move {
@@ -597,7 +598,7 @@ fn blocking_send_inside_a_task_never_livelocks() {
 /// buffer in a loop: those sends must spend tokio's budget (only sends to
 /// the body's own queue skip it), or the body's poll never returns.
 #[test]
-fn a_body_polled_producer_sending_elsewhere_still_yields() {
+fn a_body_polled_ready_function_sending_elsewhere_still_yields() {
     let outcome = finishes_in_time(|| {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()

@@ -150,7 +150,7 @@ async fn churn_leaves_no_stream_callback_or_task_behind() {
 }
 
 /// A client that reads nothing: the library's queue stays within its bound.
-/// `waits`: the buffer makes its producer wait (a fixed buffer).
+/// `waits`: the buffer makes its ready function wait (a fixed buffer).
 async fn slow_reader(buffer: Buffer, waits: bool) -> (u64, usize, u64, usize) {
     // Returns: events sent while stalled, max queued bytes, dropped, bound.
     const EVENT: usize = 1024;
@@ -178,7 +178,7 @@ async fn slow_reader(buffer: Buffer, waits: bool) -> (u64, usize, u64, usize) {
     let sender = sender_rx.await.unwrap();
     // Socket buffers and hyper's buffer fill first; then only our queue can
     // grow. The stall is there once, for 200 ms on end, a fixed buffer's
-    // producer accepted nothing (it waits) or a dropping buffer stayed full
+    // ready function accepted nothing (it waits) or a dropping buffer stayed full
     // (nothing drains it): a fixed delay is not enough on a busy machine,
     // where filling the socket's buffers can take over a second.
     let deadline = Instant::now() + PATIENCE;
@@ -216,12 +216,12 @@ async fn slow_reader(buffer: Buffer, waits: bool) -> (u64, usize, u64, usize) {
 }
 
 #[tokio::test]
-async fn slow_reader_fixed_buffer_makes_the_producer_wait() {
+async fn slow_reader_fixed_buffer_makes_the_ready_function_wait() {
     let (sent_while_stalled, queued, dropped, bound) = slow_reader(Buffer::fixed(16), true).await;
     println!(
         "slow reader, fixed(16): queued {queued} B (bound {bound}), sent while stalled {sent_while_stalled}, dropped {dropped}"
     );
-    assert_eq!(sent_while_stalled, 0, "the producer kept going");
+    assert_eq!(sent_while_stalled, 0, "the ready function kept going");
     assert_eq!(dropped, 0);
 }
 

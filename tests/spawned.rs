@@ -104,7 +104,10 @@ async fn a_spawned_ready_function_fills_the_buffer_while_the_client_waits() {
         let queued = sender.queued_events();
         println!("spawn_ready {spawn}: {queued} events queued while the client waits");
         if spawn {
-            assert_eq!(queued, 8, "the spawned producer should fill its buffer");
+            assert_eq!(
+                queued, 8,
+                "the spawned ready function should fill its buffer"
+            );
         } else {
             assert!(queued <= 8);
         }

@@ -160,6 +160,7 @@ async fn a_stalled_http2_client_is_evicted() {
     );
 }
 
+#[cfg(feature = "axum")]
 #[tokio::test]
 async fn start_stream_takes_a_stall_timeout_too() {
     let ends = Ends::default();

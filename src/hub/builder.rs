@@ -92,7 +92,7 @@ impl HubBuilder {
     ///
     /// ```
     /// use std::sync::{Arc, Mutex};
-    /// use tower_sse::{Event, Hub};
+    /// use tower_sse::{Event, hub::Hub};
     ///
     /// let scores = Arc::new(Mutex::new(String::from("{}")));
     /// let hub = Hub::builder()

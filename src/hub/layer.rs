@@ -55,7 +55,7 @@ impl fmt::Debug for HubSource {
 ///
 /// ```
 /// use http::StatusCode;
-/// use tower_sse::Refusal;
+/// use tower_sse::hub::Refusal;
 ///
 /// let forbidden: Refusal = StatusCode::FORBIDDEN.into();
 /// let explained = Refusal::new(StatusCode::NOT_FOUND, "no such room\n");
@@ -95,6 +95,8 @@ impl Refusal {
     }
 }
 
+#[cfg(feature = "axum")]
+#[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
 impl axum::response::IntoResponse for Refusal {
     fn into_response(self) -> axum::response::Response {
         Refusal::into_response(self).map(axum::body::Body::from)
@@ -142,12 +144,12 @@ impl Hub {
     /// # Errors
     ///
     /// A `503 Service Unavailable` refusal when a topic is new and the hub
-    /// holds [`max_topics`](crate::HubBuilder::max_topics) already.
+    /// holds [`max_topics`](crate::hub::HubBuilder::max_topics) already.
     ///
     /// ```no_run
     /// use axum::{Router, extract::{Path, State}, routing::get};
     /// use http::StatusCode;
-    /// use tower_sse::{Hub, Refusal, SseResponse, StreamContext};
+    /// use tower_sse::{SseResponse, StreamContext, hub::{Hub, Refusal}};
     ///
     /// async fn may_read(room: &str) -> bool { room != "staff" }
     ///
@@ -190,9 +192,9 @@ impl Hub {
     /// request: authorization per topic belongs here (or in the handler,
     /// whose non-2xx answer also passes through with no stream). The
     /// stream resumes from the request's `Last-Event-ID` as
-    /// [`Hub::subscribe`] does, and the [`LagPolicy`](crate::LagPolicy) is
+    /// [`Hub::subscribe`] does, and the [`LagPolicy`](crate::hub::LagPolicy) is
     /// applied as it reads: a stream that falls behind gets one
-    /// [`LAGGED_EVENT`](crate::LAGGED_EVENT) per gap, never dropped.
+    /// [`LAGGED_EVENT`](crate::hub::LAGGED_EVENT) per gap, never dropped.
     ///
     /// The result is an [`SseLayer`]: set the heartbeat, a disconnect
     /// callback, shutdown and stall handling as usual. Its
@@ -202,7 +204,7 @@ impl Hub {
     /// ```no_run
     /// use axum::{Router, routing::get};
     /// use http::StatusCode;
-    /// use tower_sse::Hub;
+    /// use tower_sse::hub::Hub;
     ///
     /// let hub = Hub::new();
     /// // GET /rooms/{room}/events, for members only.

@@ -3,7 +3,7 @@
 //! history with `Last-Event-ID`.
 //!
 //! The hub keeps, per topic, a ring of the last events *encoded once* as
-//! shared [`Bytes`]. Each subscribed stream pulls from the rings with its own
+//! shared [`Bytes`](bytes::Bytes). Each subscribed stream pulls from the rings with its own
 //! cursor, so history and live events are one sequence: a reconnect replays
 //! what was missed and continues live with no gap and no duplicate, and
 //! `publish` never waits for a slow client.
@@ -156,7 +156,7 @@ impl std::error::Error for PublishError {
 ///
 /// ```no_run
 /// use axum::{Router, routing::{get, post}, extract::State};
-/// use tower_sse::{Event, Hub};
+/// use tower_sse::{Event, hub::Hub};
 ///
 /// let hub = Hub::new();
 /// let events = hub.layer(|_parts| Ok(vec!["chat".to_owned()]));

@@ -97,7 +97,7 @@ impl Hub {
     /// stream keeps at most [`MAX_LAST_EVENT_ID_LEN`] bytes of the header.
     ///
     /// ```
-    /// # let hub = tower_sse::Hub::new();
+    /// # let hub = tower_sse::hub::Hub::new();
     /// let layer = tower_sse::SseLayer::new(hub.ready(|ctx| {
     ///     // /rooms/lobby/events -> topic "lobby"
     ///     ctx.uri().path().split('/').nth(2).map(str::to_owned).into_iter().collect()

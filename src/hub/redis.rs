@@ -25,7 +25,7 @@ use tokio::sync::Notify;
 use super::{Hub, HubBuilder, PublishError, Resume, subscription::Begun, topic::Topic};
 use crate::{
     Event,
-    event::{CRLF, ID_FIELD},
+    pedestal::{CRLF, ID_FIELD},
 };
 
 mod reader;
@@ -101,7 +101,7 @@ impl HubBuilder {
     ///
     /// ```no_run
     /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
-    /// let hub = tower_sse::Hub::builder()
+    /// let hub = tower_sse::hub::Hub::builder()
     ///     .history(10_000)
     ///     .build_redis("redis://127.0.0.1:6379")
     ///     .await?;

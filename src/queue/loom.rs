@@ -79,14 +79,14 @@ fn check(preemptions: Option<usize>, model: impl Fn() + Sync + Send + 'static) {
     builder.check(model);
 }
 
-/// Takes one frame as the body does (the producer flag cleared first),
+/// Takes one frame as the body does (the ready function flag cleared first),
 /// waiting for it; checks that no more than `capacity` events were queued.
 fn recv_frame(queue: &Queue, frame: &mut FrameBuilder) -> Result<Vec<Tag>, Ended> {
     loop {
-        queue.take_producer_wake();
+        queue.take_ready_wake();
         let taken = block_on(poll_fn(|cx| queue.poll_recv(cx, HEARTBEAT, frame)))?;
         if taken == 0 {
-            // Only the initial producer flag: nobody else wakes it here.
+            // Only the initial ready function flag: nobody else wakes it here.
             continue;
         }
         // All it took was queued at once, under the lock.
@@ -441,32 +441,32 @@ fn a_panic_ends_the_stream_after_what_was_accepted() {
     });
 }
 
-/// The queue as the waker of the body-polled producer, woken from another
+/// The queue as the waker of the body-polled ready function, woken from another
 /// thread as the body is about to wait: `poll_recv` either sees the flag
 /// (`Ok(0)`) or leaves its waker for the wake to find; a lost wake-up would
 /// leave the body parked.
 ///
-/// The body clears the flag (`take_producer_wake`) before each `poll_recv`;
-/// here it is cleared before the producer runs only: loom 0.7 can let a load
+/// The body clears the flag (`take_ready_wake`) before each `poll_recv`;
+/// here it is cleared before the ready function runs only: loom 0.7 can let a load
 /// read past a `swap` that raced with a store even after synchronising with
 /// that store (tokio-rs/loom#254, #389), a false alarm unrelated to the queue.
 #[test]
-fn a_producer_wake_is_never_lost() {
+fn a_ready_function_wake_is_never_lost() {
     check(None, || {
         let queue = Arc::new(Queue::new(Policy::Wait, 1));
-        // The initial flag: the body's first poll polls the producer.
-        assert!(queue.take_producer_wake());
-        let producer = {
+        // The initial flag: the body's first poll polls the ready function.
+        assert!(queue.take_ready_wake());
+        let ready_fn = {
             let waker = Waker::from(queue.clone());
             thread::spawn(move || waker.wake_by_ref())
         };
         let mut frame = FrameBuilder::default();
-        // Nothing but the producer's wake can end this wait.
+        // Nothing but the ready function's wake can end this wait.
         let polled = block_on(poll_fn(|cx| queue.poll_recv(cx, HEARTBEAT, &mut frame)));
         assert_eq!(polled, Ok(0));
-        assert!(queue.take_producer_wake());
-        producer.join().unwrap();
-        assert!(!queue.producer_woken());
+        assert!(queue.take_ready_wake());
+        ready_fn.join().unwrap();
+        assert!(!queue.ready_woken());
         queue.remove_sender();
         assert_eq!(receive(&queue), (Vec::new(), Ended::Completed));
     });

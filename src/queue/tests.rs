@@ -1,13 +1,13 @@
-//! Unit tests of the queue: frames, policies, closing and the producer waker.
+//! Unit tests of the queue: frames, policies, closing and the ready function waker.
 
 use super::*;
 use crate::frame::{JOIN_LIMIT, MAX_FRAME};
 use futures::task::noop_waker_ref;
 
-/// One frame, as the body takes it (the producer flag cleared first).
+/// One frame, as the body takes it (the ready function flag cleared first).
 fn poll_frame(queue: &Queue, frame: &mut FrameBuilder) -> Poll<Result<(Bytes, usize), Ended>> {
     let mut cx = Context::from_waker(noop_waker_ref());
-    queue.take_producer_wake();
+    queue.take_ready_wake();
     queue
         .poll_recv(&mut cx, b": \r\n", frame)
         .map(|r| r.map(|events| (frame.take(), events)))
@@ -112,7 +112,7 @@ fn a_frame_gathers_across_refills_up_to_the_cap() {
     let mut frame = FrameBuilder::default();
     let event = Bytes::from(vec![b'e'; 1000]);
     let mut taken = 0;
-    // What a body-polled producer does: refill the queue as it drains.
+    // What a body-polled ready function does: refill the queue as it drains.
     while !frame.is_full() {
         for _ in 0..2 {
             queue.try_push(event.clone()).unwrap();
@@ -131,29 +131,29 @@ fn a_frame_gathers_across_refills_up_to_the_cap() {
 }
 
 #[test]
-fn the_queue_is_the_waker_of_a_body_polled_producer() {
+fn the_queue_is_the_waker_of_a_body_polled_ready_function() {
     let queue = Arc::new(Queue::new(Policy::Wait, 1));
     let mut frame = FrameBuilder::default();
     let body = Arc::new(Flag::default());
     let body_waker = Waker::from(body.clone());
     let mut cx = Context::from_waker(&body_waker);
-    // Flagged at first, so that the body polls the producer before waiting.
+    // Flagged at first, so that the body polls the ready function before waiting.
     assert_eq!(
         queue.poll_recv(&mut cx, b"", &mut frame),
         Poll::Ready(Ok(0))
     );
-    assert!(queue.take_producer_wake());
+    assert!(queue.take_ready_wake());
     assert_eq!(queue.poll_recv(&mut cx, b"", &mut frame), Poll::Pending);
-    // The producer's waker flags it and wakes the body, once.
+    // The ready function's waker flags it and wakes the body, once.
     Waker::from(queue.clone()).wake();
     assert!(body.0.swap(false, Ordering::SeqCst));
-    assert!(queue.producer_woken());
+    assert!(queue.ready_woken());
     assert_eq!(
         queue.poll_recv(&mut cx, b"", &mut frame),
         Poll::Ready(Ok(0))
     );
-    assert!(queue.take_producer_wake());
-    assert!(!queue.producer_woken());
+    assert!(queue.take_ready_wake());
+    assert!(!queue.ready_woken());
     assert!(!body.0.load(Ordering::SeqCst));
 }
 

@@ -135,13 +135,13 @@ pub fn response_in_mode(response: tower_sse::SseResponse) -> tower_sse::SseRespo
 }
 
 /// A layer serving `hub`'s streams on the topics `topics` picks from the
-/// URI: served from the body with [`Hub::layer`](tower_sse::Hub::layer) by
+/// URI: served from the body with [`Hub::layer`](tower_sse::hub::Hub::layer) by
 /// default, and through the compatible ready function
-/// ([`Hub::ready`](tower_sse::Hub::ready), with `buffer`) in the spawned
+/// ([`Hub::ready`](tower_sse::hub::Hub::ready), with `buffer`) in the spawned
 /// run, so that CI checks both paths against the same tests.
 #[allow(dead_code)]
 pub fn hub_layer(
-    hub: &tower_sse::Hub,
+    hub: &tower_sse::hub::Hub,
     buffer: tower_sse::Buffer,
     topics: impl Fn(&axum::http::Uri) -> Vec<String> + Send + Sync + 'static,
 ) -> tower_sse::SseLayer {

@@ -161,7 +161,7 @@ async fn a_fixed_buffer_spawns_no_task_and_a_sliding_one_does() {
 }
 
 #[tokio::test]
-async fn a_sliding_buffer_producer_runs_while_the_client_does_not_read() {
+async fn a_sliding_buffer_ready_function_runs_while_the_client_does_not_read() {
     let sent = Arc::new(AtomicUsize::new(0));
     let counted = sent.clone();
     let ready = move |events: EventSender, _| {
@@ -176,8 +176,8 @@ async fn a_sliding_buffer_producer_runs_while_the_client_does_not_read() {
     };
     let mut body = body(ready, Buffer::sliding(5));
     poll_once(&mut body);
-    // The body is not polled again until the producer is done.
-    eventually("the producer to finish", || sent.load(SeqCst) == 100).await;
+    // The body is not polled again until the ready function is done.
+    eventually("the ready function to finish", || sent.load(SeqCst) == 100).await;
     let frames = frames(&mut body).await;
     let data = data_of(&frames).await;
     // Whatever the first poll took, then the newest five.
@@ -297,9 +297,9 @@ async fn senders_on_other_threads_wake_a_body_polled_stream() {
 }
 
 #[tokio::test]
-async fn a_slow_reader_holds_back_a_body_polled_producer() {
+async fn a_slow_reader_holds_back_a_body_polled_ready_function() {
     // 1 KiB events into a buffer of 4: while the client reads nothing, the
-    // producer gets no further than what the connection and the socket take.
+    // ready function gets no further than what the connection and the socket take.
     let sent = Arc::new(AtomicUsize::new(0));
     let counted = sent.clone();
     let ready = move |events: EventSender, _| {
@@ -332,11 +332,11 @@ async fn a_slow_reader_holds_back_a_body_polled_producer() {
         last = now;
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(sent.load(SeqCst), last, "the producer kept going");
+    assert_eq!(sent.load(SeqCst), last, "the ready function kept going");
     eprintln!(
         "slow reader, body-polled fixed(4): {last} events of 1 KiB accepted before it stalled"
     );
-    // Bounded by the socket buffers and hyper's, not by the producer.
+    // Bounded by the socket buffers and hyper's, not by the ready function.
     assert!(last < 50_000, "{last} events of 1 KiB accepted");
 }
 
@@ -359,7 +359,7 @@ async fn requested_heartbeats_never_overrun_a_frame() {
             if events.send(data.as_str()).await.is_err() {
                 return;
             }
-            tower_sse::do_heartbeat(&events).unwrap();
+            tower_sse::pedestal::do_heartbeat(&events).unwrap();
         }
     };
     let mut body = body(ready, Buffer::fixed(1));

@@ -1,11 +1,9 @@
-//! Starting a stream from inside a handler (Pedestal's `start-stream`), and the
-//! configuration a stream is built from.
+//! The event-stream response: its headers, and [`start_stream`] with its
+//! [`SseResponse`], for streams started from inside a handler (Pedestal's
+//! `start-stream`).
 
 use std::{fmt, future::Future, sync::Arc, time::Duration};
 
-use axum::response::{IntoResponse, Response};
-use bytes::Bytes;
-use futures::future::BoxFuture;
 use http::{
     HeaderMap, HeaderValue, StatusCode, Version,
     header::{CACHE_CONTROL, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE},
@@ -14,80 +12,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     Buffer, DisconnectReason, Event, EventSender, EventStream, StreamContext,
-    hub::{HubSource, Subscription},
+    config::{DEFAULT_HEARTBEAT, StreamConfig},
+    hub::Subscription,
     stats::SseStats,
 };
-
-pub(crate) type ReadyFn =
-    Arc<dyn Fn(EventSender, StreamContext) -> BoxFuture<'static, ()> + Send + Sync>;
-pub(crate) type DisconnectFn = Arc<dyn Fn(&StreamContext, DisconnectReason) + Send + Sync>;
-
-/// Pedestal's default heartbeat delay.
-pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(10);
-/// Pedestal's default buffer size.
-pub const DEFAULT_BUFFER: usize = 10;
-
-/// Everything a new stream is built from.
-#[derive(Clone)]
-pub(crate) struct StreamConfig {
-    pub(crate) ready: ReadyFn,
-    pub(crate) heartbeat: Duration,
-    pub(crate) buffer: Buffer,
-    pub(crate) on_disconnect: Option<DisconnectFn>,
-    pub(crate) shutdown: Option<CancellationToken>,
-    pub(crate) shutdown_event: Option<Bytes>,
-    pub(crate) stats: Option<SseStats>,
-    /// Run the ready function as a task of its own, whatever the buffer.
-    pub(crate) spawn_ready: bool,
-    pub(crate) stall_timeout: Option<Duration>,
-    /// Streams read a hub's topics instead of calling `ready`.
-    pub(crate) hub: Option<HubSource>,
-}
-
-impl StreamConfig {
-    pub(crate) fn new<F, Fut>(ready: F, heartbeat: Duration, buffer: Buffer) -> Self
-    where
-        F: Fn(EventSender, StreamContext) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = ()> + Send + 'static,
-    {
-        Self {
-            ready: Arc::new(move |events, ctx| Box::pin(ready(events, ctx))),
-            heartbeat,
-            buffer,
-            on_disconnect: None,
-            shutdown: None,
-            shutdown_event: None,
-            stats: None,
-            spawn_ready: false,
-            stall_timeout: None,
-            hub: None,
-        }
-    }
-
-    /// The heartbeat delay, unless heartbeats are off.
-    pub(crate) fn heartbeat(&self) -> Option<Duration> {
-        Some(self.heartbeat).filter(|delay| !delay.is_zero())
-    }
-
-    pub(crate) fn set_shutdown_event(&mut self, event: Event) {
-        match event.encode() {
-            Ok(bytes) => self.shutdown_event = Some(bytes),
-            Err(err) => tracing::error!(%err, "invalid shutdown event: none will be sent"),
-        }
-    }
-}
-
-impl fmt::Debug for StreamConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("StreamConfig")
-            .field("heartbeat", &self.heartbeat)
-            .field("buffer", &self.buffer)
-            .field("on_disconnect", &self.on_disconnect.is_some())
-            .field("spawn_ready", &self.spawn_ready)
-            .field("stall_timeout", &self.stall_timeout)
-            .finish_non_exhaustive()
-    }
-}
 
 /// Whether a wrapped handler's status starts a stream: any 2xx but 204 and
 /// 205, which tell a client there is no body (204 also stops `EventSource`
@@ -160,7 +88,7 @@ where
 pub struct SseResponse {
     config: StreamConfig,
     ctx: StreamContext,
-    /// A hub stream's place in its topics ([`Hub::stream`](crate::Hub::stream)).
+    /// A hub stream's place in its topics ([`Hub::stream`](crate::hub::Hub::stream)).
     subscription: Option<Subscription>,
 }
 
@@ -175,7 +103,7 @@ impl fmt::Debug for SseResponse {
 }
 
 impl SseResponse {
-    /// A hub stream's response (see [`Hub::stream`](crate::Hub::stream)).
+    /// A hub stream's response (see [`Hub::stream`](crate::hub::Hub::stream)).
     pub(crate) fn for_subscription(ctx: StreamContext, subscription: Option<Subscription>) -> Self {
         let ready = |_events: EventSender, _ctx: StreamContext| async {};
         Self {
@@ -249,8 +177,10 @@ impl SseResponse {
     }
 }
 
-impl IntoResponse for SseResponse {
-    fn into_response(self) -> Response {
+#[cfg(feature = "axum")]
+#[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
+impl axum::response::IntoResponse for SseResponse {
+    fn into_response(self) -> axum::response::Response {
         self.into_http().map(axum::body::Body::new)
     }
 }

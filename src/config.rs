@@ -1,0 +1,84 @@
+//! What a stream is built from: the ready function, the heartbeat, the
+//! buffer and the rest of a layer's (or a response's) settings, shared by
+//! every stream the layer starts.
+
+use std::{fmt, future::Future, sync::Arc, time::Duration};
+
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    Buffer, DisconnectReason, Event, EventSender, StreamContext, hub::HubSource, stats::SseStats,
+};
+
+pub(crate) type ReadyFn =
+    Arc<dyn Fn(EventSender, StreamContext) -> BoxFuture<'static, ()> + Send + Sync>;
+pub(crate) type DisconnectFn = Arc<dyn Fn(&StreamContext, DisconnectReason) + Send + Sync>;
+
+/// Pedestal's default heartbeat delay.
+pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(10);
+/// Pedestal's default buffer size.
+pub const DEFAULT_BUFFER: usize = 10;
+
+/// Everything a new stream is built from.
+#[derive(Clone)]
+pub(crate) struct StreamConfig {
+    pub(crate) ready: ReadyFn,
+    pub(crate) heartbeat: Duration,
+    pub(crate) buffer: Buffer,
+    pub(crate) on_disconnect: Option<DisconnectFn>,
+    pub(crate) shutdown: Option<CancellationToken>,
+    pub(crate) shutdown_event: Option<Bytes>,
+    pub(crate) stats: Option<SseStats>,
+    /// Run the ready function as a task of its own, whatever the buffer.
+    pub(crate) spawn_ready: bool,
+    pub(crate) stall_timeout: Option<Duration>,
+    /// Streams read a hub's topics instead of calling `ready`.
+    pub(crate) hub: Option<HubSource>,
+}
+
+impl StreamConfig {
+    pub(crate) fn new<F, Fut>(ready: F, heartbeat: Duration, buffer: Buffer) -> Self
+    where
+        F: Fn(EventSender, StreamContext) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        Self {
+            ready: Arc::new(move |events, ctx| Box::pin(ready(events, ctx))),
+            heartbeat,
+            buffer,
+            on_disconnect: None,
+            shutdown: None,
+            shutdown_event: None,
+            stats: None,
+            spawn_ready: false,
+            stall_timeout: None,
+            hub: None,
+        }
+    }
+
+    /// The heartbeat delay, unless heartbeats are off.
+    pub(crate) fn heartbeat(&self) -> Option<Duration> {
+        Some(self.heartbeat).filter(|delay| !delay.is_zero())
+    }
+
+    pub(crate) fn set_shutdown_event(&mut self, event: Event) {
+        match event.encode() {
+            Ok(bytes) => self.shutdown_event = Some(bytes),
+            Err(err) => tracing::error!(%err, "invalid shutdown event: none will be sent"),
+        }
+    }
+}
+
+impl fmt::Debug for StreamConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StreamConfig")
+            .field("heartbeat", &self.heartbeat)
+            .field("buffer", &self.buffer)
+            .field("on_disconnect", &self.on_disconnect.is_some())
+            .field("spawn_ready", &self.spawn_ready)
+            .field("stall_timeout", &self.stall_timeout)
+            .finish_non_exhaustive()
+    }
+}
