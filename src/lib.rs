@@ -62,6 +62,8 @@
 //!   alone: `examples/hyper.rs`).
 //! - `json`: [`Event::json`].
 //! - `redis`: the hub on Redis Streams.
+//! - `testing`: [`testing`], a kit that drives a service in-process and
+//!   reads its stream as a browser would.
 //!
 //! # Beyond Pedestal
 //!
@@ -130,6 +132,9 @@ mod sender;
 mod stall;
 mod stats;
 mod sync;
+#[cfg(feature = "testing")]
+#[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
+pub mod testing;
 
 pub use body::{DisconnectReason, EventStream, StreamError};
 pub use buffer::Buffer;
