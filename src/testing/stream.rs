@@ -266,9 +266,9 @@ impl TestStream {
         let mut held: Vec<Bytes> = Vec::new();
         let mut held_len = 0;
         while self.ended.is_none() && held_len < SOCKET_BUFFER {
-            let frame = tokio::select! {
-                frame = Self::poll_body_once(&mut self.body) => frame,
-                () = tokio::time::sleep_until(deadline) => break,
+            let next = Self::poll_body_once(&mut self.body);
+            let Ok(frame) = tokio::time::timeout_at(deadline, next).await else {
+                break;
             };
             match frame {
                 Some(Ok(frame)) => {
