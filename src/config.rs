@@ -36,6 +36,10 @@ pub(crate) struct StreamConfig {
     pub(crate) stall_timeout: Option<Duration>,
     /// Streams read a hub's topics instead of calling `ready`.
     pub(crate) hub: Option<HubSource>,
+    /// `Connection: close` on HTTP/1.x responses (Pedestal's default).
+    pub(crate) connection_close: bool,
+    /// The query parameter read as `Last-Event-ID` when the header is absent.
+    pub(crate) last_event_id_query: Option<Arc<str>>,
 }
 
 impl StreamConfig {
@@ -55,6 +59,8 @@ impl StreamConfig {
             spawn_ready: false,
             stall_timeout: None,
             hub: None,
+            connection_close: true,
+            last_event_id_query: None,
         }
     }
 
@@ -79,6 +85,8 @@ impl fmt::Debug for StreamConfig {
             .field("on_disconnect", &self.on_disconnect.is_some())
             .field("spawn_ready", &self.spawn_ready)
             .field("stall_timeout", &self.stall_timeout)
+            .field("connection_close", &self.connection_close)
+            .field("last_event_id_query", &self.last_event_id_query)
             .finish_non_exhaustive()
     }
 }

@@ -104,6 +104,56 @@ impl StreamContext {
     }
 }
 
+/// Copies the query parameter `name` into the `Last-Event-ID` header when
+/// the request has none (see [`SseLayer::last_event_id_query`](crate::SseLayer::last_event_id_query)).
+pub(crate) fn last_event_id_from_query<B>(request: &mut http::Request<B>, name: &str) {
+    if request.headers().contains_key(LAST_EVENT_ID) {
+        return;
+    }
+    let Some(value) = request
+        .uri()
+        .query()
+        .and_then(|query| query_param(query, name))
+    else {
+        return;
+    };
+    if let Ok(value) = http::HeaderValue::try_from(value) {
+        request.headers_mut().insert(LAST_EVENT_ID, value);
+    }
+}
+
+/// The first value of `name` in a query string, percent-decoded (`+` is a
+/// space, as in forms); `None` if absent or not UTF-8 once decoded.
+fn query_param(query: &str, name: &str) -> Option<String> {
+    query.split('&').find_map(|pair| {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        (percent_decode(key)? == name).then(|| percent_decode(value))?
+    })
+}
+
+fn percent_decode(text: &str) -> Option<String> {
+    let mut bytes = Vec::with_capacity(text.len());
+    let mut rest = text.as_bytes();
+    while let Some((&byte, tail)) = rest.split_first() {
+        rest = tail;
+        match byte {
+            b'+' => bytes.push(b' '),
+            b'%' => {
+                let hex = rest.get(..2).and_then(|hex| std::str::from_utf8(hex).ok());
+                match hex.and_then(|hex| u8::from_str_radix(hex, 16).ok()) {
+                    Some(decoded) => {
+                        bytes.push(decoded);
+                        rest = &rest[2..];
+                    }
+                    None => bytes.push(b'%'),
+                }
+            }
+            _ => bytes.push(byte),
+        }
+    }
+    String::from_utf8(bytes).ok()
+}
+
 fn last_event_id(headers: &HeaderMap) -> Option<&str> {
     headers
         .get(LAST_EVENT_ID)
@@ -156,5 +206,56 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for LastEventId {
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
         Ok(Self(last_event_id(&parts.headers).map(str::to_owned)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_params_are_percent_decoded() {
+        assert_eq!(
+            query_param("a=1&lastEventID=42", "lastEventID").as_deref(),
+            Some("42")
+        );
+        assert_eq!(
+            query_param("lastEventID=a%2Fb+c%3D", "lastEventID").as_deref(),
+            Some("a/b c=")
+        );
+        assert_eq!(
+            query_param("last%45ventID=7", "lastEventID").as_deref(),
+            Some("7")
+        );
+        assert_eq!(
+            query_param("lastEventID", "lastEventID").as_deref(),
+            Some("")
+        );
+        assert_eq!(query_param("x=1", "lastEventID"), None);
+        assert_eq!(query_param("lastEventID=%FF", "lastEventID"), None);
+        assert_eq!(
+            query_param("lastEventID=100%", "lastEventID").as_deref(),
+            Some("100%")
+        );
+        assert_eq!(
+            query_param("lastEventID=1&lastEventID=2", "lastEventID").as_deref(),
+            Some("1")
+        );
+    }
+
+    #[test]
+    fn the_header_wins_over_the_query() {
+        let mut request = http::Request::get("/e?lastEventID=5")
+            .header(LAST_EVENT_ID, "9")
+            .body(())
+            .unwrap();
+        last_event_id_from_query(&mut request, "lastEventID");
+        assert_eq!(request.headers()[LAST_EVENT_ID], "9");
+        let mut request = http::Request::get("/e?lastEventID=5").body(()).unwrap();
+        last_event_id_from_query(&mut request, "lastEventID");
+        assert_eq!(request.headers()[LAST_EVENT_ID], "5");
+        let mut request = http::Request::get("/e?lastEventID=a%0Ab").body(()).unwrap();
+        last_event_id_from_query(&mut request, "lastEventID");
+        assert!(request.headers().get(LAST_EVENT_ID).is_none());
     }
 }

@@ -19,6 +19,7 @@ use tower::{Layer, Service};
 use crate::{
     Buffer, DisconnectReason, Event, EventSender, EventStream, SseStats, StreamContext,
     config::{DEFAULT_BUFFER, DEFAULT_HEARTBEAT, StreamConfig},
+    context::last_event_id_from_query,
     hub::{HubSource, Refusal, Selected},
     response::{set_stream_headers, starts_stream},
 };
@@ -219,6 +220,52 @@ impl SseLayer {
         self
     }
 
+    /// Whether an HTTP/1.x stream's response says `Connection: close`: yes
+    /// by default, as Pedestal's does.
+    ///
+    /// With `Connection: close` the server closes the TCP connection when
+    /// the stream ends, so the browser's reconnect opens a new one (a new
+    /// TLS handshake too), and nothing can reuse a connection whose last
+    /// response was cut short. `connection_close(false)` leaves the header
+    /// out: a stream that ends cleanly (its chunked body finished) leaves
+    /// the connection open for the next request, the reconnect included,
+    /// which saves a handshake per reconnect; a stream cut short (the
+    /// client went away, a stall) still ends its connection. HTTP/2 never
+    /// sends the header.
+    ///
+    /// ```
+    /// let layer = tower_sse::SseLayer::new(|_events, _ctx| async {}).connection_close(false);
+    /// # let _ = layer;
+    /// ```
+    pub fn connection_close(mut self, close: bool) -> Self {
+        Arc::make_mut(&mut self.config).connection_close = close;
+        self
+    }
+
+    /// Reads `Last-Event-ID` from the query parameter `name` when the
+    /// request has no such header (the header wins when both are there), as
+    /// Mercure's `lastEventID`: the first page load can resume, where
+    /// `EventSource` cannot send the header.
+    ///
+    /// The layer copies the (percent-decoded) value into the request's
+    /// `Last-Event-ID` header before anything else sees the request, so the
+    /// handler, [`StreamContext::last_event_id`], the [`LastEventId`]
+    /// extractor and a hub's resume all read it. A value that cannot be a
+    /// header (a line break, invalid UTF-8) is ignored, as if it were absent.
+    ///
+    /// ```
+    /// // new EventSource("/events?lastEventID=" + encodeURIComponent(saved))
+    /// let layer = tower_sse::SseLayer::new(|_events, _ctx| async {})
+    ///     .last_event_id_query("lastEventID");
+    /// # let _ = layer;
+    /// ```
+    ///
+    /// [`LastEventId`]: crate::LastEventId
+    pub fn last_event_id_query(mut self, name: &str) -> Self {
+        Arc::make_mut(&mut self.config).last_event_id_query = Some(name.into());
+        self
+    }
+
     /// The counters of this layer's streams (shared by its clones).
     pub fn stats(&self) -> SseStats {
         self.config.stats.clone().unwrap_or_default()
@@ -273,7 +320,10 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
+    fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
+        if let Some(name) = &self.config.last_event_id_query {
+            last_event_id_from_query(&mut request, name);
+        }
         let ctx = StreamContext::from_request(&request);
         let selected = match &self.config.hub {
             None => None,
@@ -374,7 +424,7 @@ where
             _ => None,
         };
         let (mut parts, _handler_body) = response.into_parts();
-        set_stream_headers(&mut parts.headers, ctx.version());
+        set_stream_headers(&mut parts.headers, ctx.version(), config.connection_close);
         let stream = EventStream::new(config, ctx, subscription);
         Poll::Ready(Ok(Response::from_parts(
             parts,

@@ -25,7 +25,7 @@ pub(crate) fn starts_stream(status: StatusCode) -> bool {
 }
 
 /// Sets the headers of an event-stream response, keeping every other header.
-pub(crate) fn set_stream_headers(headers: &mut HeaderMap, version: Version) {
+pub(crate) fn set_stream_headers(headers: &mut HeaderMap, version: Version, close: bool) {
     headers.insert(
         CONTENT_TYPE,
         HeaderValue::from_static("text/event-stream; charset=UTF-8"),
@@ -33,11 +33,12 @@ pub(crate) fn set_stream_headers(headers: &mut HeaderMap, version: Version) {
     headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
     headers.remove(CONTENT_LENGTH);
-    // Pedestal closes HTTP/1 connections after the stream; HTTP/2 forbids the header.
-    if version <= Version::HTTP_11 {
-        headers.insert(CONNECTION, HeaderValue::from_static("close"));
-    } else {
+    // Pedestal closes HTTP/1 connections after the stream (unless turned
+    // off); HTTP/2 forbids the header.
+    if version > Version::HTTP_11 {
         headers.remove(CONNECTION);
+    } else if close {
+        headers.insert(CONNECTION, HeaderValue::from_static("close"));
     }
 }
 
@@ -158,6 +159,13 @@ impl SseResponse {
         self
     }
 
+    /// Whether an HTTP/1.x response says `Connection: close`, as
+    /// [`SseLayer::connection_close`](crate::SseLayer::connection_close) does.
+    pub fn connection_close(mut self, close: bool) -> Self {
+        self.config.connection_close = close;
+        self
+    }
+
     /// Counts this stream in `stats` (for example a layer's, or one shared by handlers).
     pub fn stats(mut self, stats: &SseStats) -> Self {
         self.config.stats = Some(stats.clone());
@@ -167,12 +175,13 @@ impl SseResponse {
     /// The response as a plain `http::Response`, for servers other than axum.
     pub fn into_http(self) -> http::Response<EventStream> {
         let version = self.ctx.version();
+        let close = self.config.connection_close;
         let mut response = http::Response::new(EventStream::new(
             Arc::new(self.config),
             self.ctx,
             self.subscription,
         ));
-        set_stream_headers(response.headers_mut(), version);
+        set_stream_headers(response.headers_mut(), version, close);
         response
     }
 }
