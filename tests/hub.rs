@@ -6,44 +6,24 @@ mod common;
 
 use std::time::Duration;
 
-use axum::{Router, routing::get};
 use common::*;
 use eventsource_stream::Event as Received;
 use futures::StreamExt;
 use tokio::io::AsyncWriteExt;
 use tower_sse::{
-    Buffer, Event, SseLayer,
+    Buffer, Event,
     hub::{Hub, LAGGED_EVENT, LagPolicy, PublishError, RESET_EVENT},
 };
 
-fn app(hub: &Hub, buffer: Buffer) -> Router {
-    let topics = |uri: &axum::http::Uri| {
-        uri.query()
-            .unwrap_or("main")
-            .split(',')
-            .map(str::to_owned)
-            .collect()
-    };
-    let layer = hub_layer(hub, buffer, topics).heartbeat(Duration::from_millis(200));
-    Router::new().route("/events", get(|| async {}).layer(layer))
-}
-
+/// Opens `/events` on the comma-separated `query` topics, resuming after `last`.
 async fn open(addr: std::net::SocketAddr, query: &str, last: Option<&str>) -> reqwest::Response {
-    let mut request = reqwest::Client::new().get(format!("http://{addr}/events?{query}"));
-    if let Some(last) = last {
-        request = request.header("last-event-id", last);
-    }
-    request.send().await.unwrap()
-}
-
-async fn subscribed(hub: &Hub, n: usize) {
-    eventually("subscriptions", || hub.subscribers() >= n).await;
+    fetch_resuming(addr, &format!("/events?{query}"), last).await
 }
 
 #[tokio::test]
 async fn one_publish_reaches_every_stream() {
     let hub = Hub::new();
-    let addr = serve(app(&hub, Buffer::fixed(16))).await;
+    let addr = serve(hub_app(&hub, Buffer::fixed(16))).await;
     let mut clients = Vec::new();
     for _ in 0..20 {
         clients.push(events(open(addr, "main", None).await));
@@ -72,7 +52,7 @@ async fn one_publish_reaches_every_stream() {
 #[tokio::test]
 async fn a_reconnect_resumes_without_gap_or_duplicate() {
     let hub = Hub::new();
-    let addr = serve(app(&hub, Buffer::fixed(16))).await;
+    let addr = serve(hub_app(&hub, Buffer::fixed(16))).await;
     let mut first = events(open(addr, "main", None).await);
     subscribed(&hub, 1).await;
     for i in 1..=5 {
@@ -101,7 +81,7 @@ async fn a_reconnect_resumes_without_gap_or_duplicate() {
 #[tokio::test]
 async fn an_id_older_than_history_gets_a_reset() {
     let hub = Hub::builder().history(5).build();
-    let addr = serve(app(&hub, Buffer::fixed(16))).await;
+    let addr = serve(hub_app(&hub, Buffer::fixed(16))).await;
     for i in 1..=20 {
         hub.publish("main", format!("e{i}")).await.unwrap();
     }
@@ -128,7 +108,7 @@ async fn an_id_older_than_history_gets_a_reset() {
 #[tokio::test]
 async fn history_forgets_by_age() {
     let hub = Hub::builder().max_age(Duration::from_millis(100)).build();
-    let addr = serve(app(&hub, Buffer::fixed(16))).await;
+    let addr = serve(hub_app(&hub, Buffer::fixed(16))).await;
     hub.publish("main", "old").await.unwrap();
     tokio::time::sleep(Duration::from_millis(250)).await;
     hub.publish("main", "new").await.unwrap();
@@ -146,7 +126,7 @@ async fn history_forgets_by_age() {
 #[tokio::test]
 async fn publisher_ids_are_kept_and_resumable() {
     let hub = Hub::new();
-    let addr = serve(app(&hub, Buffer::fixed(16))).await;
+    let addr = serve(hub_app(&hub, Buffer::fixed(16))).await;
     for name in ["alpha", "beta", "gamma"] {
         assert_eq!(
             hub.publish("main", Event::new(name).id(name))
@@ -167,7 +147,7 @@ async fn publisher_ids_are_kept_and_resumable() {
 #[tokio::test]
 async fn several_topics_merge_in_publish_order_and_resume_from_one_id() {
     let hub = Hub::new();
-    let addr = serve(app(&hub, Buffer::fixed(64))).await;
+    let addr = serve(hub_app(&hub, Buffer::fixed(64))).await;
     for i in 0..30 {
         hub.publish(if i % 3 == 0 { "a" } else { "b" }, format!("{i}"))
             .await
@@ -239,7 +219,7 @@ async fn with_history_zero_a_slow_subscriber_lags_visibly_past_the_live_window()
 async fn slow_subscriber_lags_visibly(history: usize) {
     const PUBLISHED: u64 = 4_000;
     let hub = Hub::builder().history(history).build();
-    let addr = serve(app(&hub, Buffer::fixed(4))).await;
+    let addr = serve(hub_app(&hub, Buffer::fixed(4))).await;
     let response = open(addr, "main", None).await;
     subscribed(&hub, 1).await;
     let mut body = response.bytes_stream();
@@ -289,7 +269,7 @@ async fn lag_policy_close_ends_the_lagging_stream() {
         .lag_policy(LagPolicy::Close)
         .build();
     for hub in [hub, small.clone()] {
-        let addr = serve(app(&hub, Buffer::fixed(2))).await;
+        let addr = serve(hub_app(&hub, Buffer::fixed(2))).await;
         let mut socket = tokio::net::TcpStream::connect(addr).await.unwrap();
         socket
             .write_all(format!("GET /events HTTP/1.1\r\nHost: {addr}\r\n\r\n").as_bytes())
@@ -319,7 +299,7 @@ async fn resume_under_concurrency_is_exact() {
     const SUBSCRIBERS: usize = 12;
     const TOTAL: u64 = PUBLISHERS * PER_PUBLISHER;
     let hub = Hub::builder().history(TOTAL as usize).build();
-    let addr = serve(app(&hub, Buffer::fixed(8))).await;
+    let addr = serve(hub_app(&hub, Buffer::fixed(8))).await;
 
     let subscribers: Vec<_> = (0..SUBSCRIBERS)
         .map(|n| {
@@ -387,134 +367,10 @@ async fn resume_under_concurrency_is_exact() {
     );
 }
 
-#[cfg(feature = "axum")]
-#[tokio::test]
-async fn last_event_id_extractor_reads_the_header() {
-    use tower_sse::LastEventId;
-    async fn handler(LastEventId(last): LastEventId) -> String {
-        last.unwrap_or_else(|| "none".to_owned())
-    }
-    let addr = serve(Router::new().route("/", get(handler))).await;
-    assert_eq!(fetch(addr, "/").await.text().await.unwrap(), "none");
-    let with = reqwest::Client::new()
-        .get(format!("http://{addr}/"))
-        .header("last-event-id", "42")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(with.text().await.unwrap(), "42");
-}
-
-/// The hub's cap on a `Last-Event-ID` it looks up or echoes.
-const CAP: usize = tower_sse::hub::MAX_LAST_EVENT_ID_LEN;
-
-async fn open_with(addr: std::net::SocketAddr, last: &[u8]) -> reqwest::Response {
-    reqwest::Client::new()
-        .get(format!("http://{addr}/events?main"))
-        .header(
-            "last-event-id",
-            reqwest::header::HeaderValue::from_bytes(last).unwrap(),
-        )
-        .send()
-        .await
-        .unwrap()
-}
-
-#[tokio::test]
-async fn an_over_long_last_event_id_gets_a_short_reset_then_live_events() {
-    let hub = Hub::builder().history(5).build();
-    let addr = serve(app(&hub, Buffer::fixed(16))).await;
-    for i in 1..=3 {
-        hub.publish("main", format!("e{i}")).await.unwrap();
-    }
-    // 64 KiB of digits: no browser sends it, and any prefix of it would look
-    // like an id this hub handed out.
-    let huge = "1".repeat(64 * 1024);
-    let response = open_with(addr, huge.as_bytes()).await;
-    assert_eq!(response.status(), 200);
-    let mut stream = events(response);
-    let reset = next_event(&mut stream).await.unwrap();
-    assert_eq!(reset.event, RESET_EVENT);
-    assert!(
-        reset.data.len() <= CAP,
-        "the reset echoed {} bytes of the id",
-        reset.data.len()
-    );
-    assert_eq!(reset.data, "", "an id over the cap is not echoed at all");
-    subscribed(&hub, 1).await;
-    hub.publish("main", "live").await.unwrap();
-    let live = next_event(&mut stream).await.unwrap();
-    assert_eq!(
-        (live.event.as_str(), live.id.as_str(), live.data.as_str()),
-        ("message", "4", "live")
-    );
-}
-
-#[tokio::test]
-async fn ids_up_to_the_cap_are_echoed_and_longer_or_non_utf8_ones_are_unknown() {
-    let hub = Hub::new();
-    let addr = serve(app(&hub, Buffer::fixed(16))).await;
-    hub.publish("main", "before").await.unwrap();
-    let at_cap = "x".repeat(CAP);
-    // Zeros parse as the sequence number 0, which this hub could resume from:
-    // over the cap they must not be parsed at all.
-    let zeros = "0".repeat(CAP + 1);
-    let cases: [(&[u8], &str); 4] = [
-        (at_cap.as_bytes(), &at_cap),
-        (zeros.as_bytes(), ""),
-        (&zeros.as_bytes()[..CAP], ""),
-        (b"caf\xe9", ""),
-    ];
-    for (n, (sent, echoed)) in cases.into_iter().enumerate() {
-        let mut stream = events(open_with(addr, sent).await);
-        let first = next_event(&mut stream).await.unwrap();
-        if n == 2 {
-            // 256 zeros are within the cap: sequence number 0, a resume
-            // from the start of history.
-            assert_eq!((first.id.as_str(), first.data.as_str()), ("1", "before"));
-            continue;
-        }
-        assert_eq!(
-            (first.event.as_str(), first.data.as_str()),
-            (RESET_EVENT, echoed),
-            "case {n}"
-        );
-    }
-}
-
-#[tokio::test]
-async fn subscribe_called_directly_caps_the_id_too() {
-    let hub = Hub::new();
-    let ready = {
-        let hub = hub.clone();
-        move |events: tower_sse::EventSender, ctx: tower_sse::StreamContext| {
-            let hub = hub.clone();
-            async move {
-                hub.subscribe(&events, ctx.last_event_id(), &["main"]).await;
-            }
-        }
-    };
-    let layer = SseLayer::new(ready).heartbeat(Duration::from_millis(200));
-    let addr = serve(Router::new().route("/events", get(|| async {}).layer(layer))).await;
-    hub.publish("main", "before").await.unwrap();
-    let huge = "1".repeat(64 * 1024);
-    let mut stream = events(open_with(addr, huge.as_bytes()).await);
-    let reset = next_event(&mut stream).await.unwrap();
-    assert_eq!(reset.event, RESET_EVENT);
-    assert!(
-        reset.data.len() <= CAP,
-        "the reset echoed {} bytes of the id",
-        reset.data.len()
-    );
-    subscribed(&hub, 1).await;
-    hub.publish("main", "live").await.unwrap();
-    assert_eq!(next_event(&mut stream).await.unwrap().data, "live");
-}
-
 #[tokio::test]
 async fn history_zero_delivers_live_events_and_resets_every_resume() {
     let hub = Hub::builder().history(0).build();
-    let addr = serve(app(&hub, Buffer::fixed(16))).await;
+    let addr = serve(hub_app(&hub, Buffer::fixed(16))).await;
     hub.publish("main", "before anyone subscribed")
         .await
         .unwrap();
@@ -562,7 +418,7 @@ async fn history_zero_delivers_live_events_and_resets_every_resume() {
 #[tokio::test]
 async fn a_topic_listed_twice_delivers_each_event_once() {
     let hub = Hub::new();
-    let addr = serve(app(&hub, Buffer::fixed(16))).await;
+    let addr = serve(hub_app(&hub, Buffer::fixed(16))).await;
     // Through `Hub::ready`: the topics function returns ["main", "main"]
     // (and ["b", "main", "b", "main"]).
     let mut twice = events(open(addr, "main,main", None).await);
@@ -597,18 +453,7 @@ async fn a_topic_listed_twice_delivers_each_event_once() {
 #[tokio::test]
 async fn subscribe_called_directly_with_a_topic_twice_delivers_each_event_once() {
     let hub = Hub::new();
-    let ready = {
-        let hub = hub.clone();
-        move |events: tower_sse::EventSender, ctx: tower_sse::StreamContext| {
-            let hub = hub.clone();
-            async move {
-                hub.subscribe(&events, ctx.last_event_id(), &["main", "main"])
-                    .await;
-            }
-        }
-    };
-    let layer = SseLayer::new(ready).heartbeat(Duration::from_millis(200));
-    let addr = serve(Router::new().route("/events", get(|| async {}).layer(layer))).await;
+    let addr = serve(subscribing_app(&hub, &["main", "main"])).await;
     let mut stream = events(open(addr, "", None).await);
     subscribed(&hub, 1).await;
     for i in 1..=3 {

@@ -60,11 +60,7 @@ fn app(hub: &Hub) -> Router {
 }
 
 async fn open(addr: std::net::SocketAddr, last: Option<&str>) -> reqwest::Response {
-    let mut request = reqwest::Client::new().get(format!("http://{addr}/events"));
-    if let Some(last) = last {
-        request = request.header("last-event-id", last);
-    }
-    request.send().await.unwrap()
+    fetch_resuming(addr, "/events", last).await
 }
 
 /// Checks a received sequence: every snapshot says `S`, and the first event

@@ -1,5 +1,6 @@
-//! How streams live and end: heartbeats, disconnects, buffers, passthrough,
-//! bad input and clean-up, end to end over loopback TCP.
+//! How streams live and end: disconnects, buffers, passthrough, bad input
+//! and clean-up, end to end over loopback TCP (heartbeats are in
+//! `heartbeats.rs`).
 
 mod common;
 
@@ -13,14 +14,15 @@ use std::{
 
 use axum::{Router, http::StatusCode, routing::get};
 use common::*;
-use http_body_util::BodyExt;
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     sync::mpsc,
 };
+#[cfg(feature = "axum")]
+use tower_sse::start_stream;
 use tower_sse::{
     Buffer, DisconnectReason, Event, EventError, EventSender, SendError, SseLayer, StreamContext,
-    TrySendError, pedestal::do_heartbeat, start_stream,
+    TrySendError,
 };
 
 type Ends = Arc<Mutex<Vec<DisconnectReason>>>;
@@ -31,116 +33,6 @@ fn recorded(layer: SseLayer) -> (SseLayer, Ends) {
     let seen = ends.clone();
     let layer = layer.on_client_disconnect(move |_ctx, reason| seen.lock().unwrap().push(reason));
     (layer, ends)
-}
-
-fn route(layer: SseLayer) -> Router {
-    Router::new().route("/events", get(|| async {}).layer(common::in_mode(layer)))
-}
-
-/// The body of a stream started in-process, for tests on paused time
-/// (pinned: `EventStream` holds its heartbeat timer inline).
-fn body(
-    ready: impl Fn(EventSender, StreamContext) -> futures::future::BoxFuture<'static, ()>
-    + Send
-    + Sync
-    + 'static,
-    heartbeat: Duration,
-) -> std::pin::Pin<Box<tower_sse::EventStream>> {
-    let request = http::Request::new(());
-    Box::pin(
-        common::response_in_mode(start_stream(
-            ready,
-            StreamContext::from_request(&request),
-            heartbeat,
-            10,
-        ))
-        .into_http()
-        .into_body(),
-    )
-}
-
-#[tokio::test(start_paused = true)]
-async fn heartbeats_fill_silence_only() {
-    let mut body = body(
-        |events, _| {
-            Box::pin(async move {
-                tokio::time::sleep(Duration::from_secs(35)).await;
-                for i in 0..20 {
-                    let _ = events.send(i.to_string()).await;
-                    tokio::time::sleep(Duration::from_secs(5)).await;
-                }
-            })
-        },
-        Duration::from_secs(10),
-    );
-    let start = tokio::time::Instant::now();
-    let mut frames = Vec::new();
-    while let Some(frame) = body.frame().await {
-        let data = frame.unwrap().into_data().unwrap();
-        frames.push((start.elapsed().as_secs(), data));
-    }
-    let heartbeats: Vec<u64> = frames
-        .iter()
-        .filter(|(_, data)| &data[..] == b": \r\n")
-        .map(|(at, _)| *at)
-        .collect();
-    // Silence for 35 s: heartbeats at 10, 20 and 30 s; then an event every 5 s: none.
-    assert_eq!(heartbeats, [10, 20, 30]);
-    assert_eq!(frames.len(), 3 + 20);
-}
-
-#[tokio::test(start_paused = true)]
-async fn heartbeat_timer_restarts_after_each_write() {
-    let mut body = body(
-        |events, _| {
-            Box::pin(async move {
-                tokio::time::sleep(Duration::from_secs(7)).await;
-                let _ = events.send("x").await;
-                tokio::time::sleep(Duration::from_secs(25)).await;
-            })
-        },
-        Duration::from_secs(10),
-    );
-    let start = tokio::time::Instant::now();
-    let mut times = Vec::new();
-    while let Some(frame) = body.frame().await {
-        frame.unwrap();
-        times.push(start.elapsed().as_secs());
-    }
-    // Event at 7 s, then heartbeats 10 s after the last write: 17 and 27 s.
-    assert_eq!(times, [7, 17, 27]);
-}
-
-#[tokio::test]
-async fn heartbeats_arrive_over_tcp_and_are_not_events() {
-    let ready = |events: EventSender, _ctx: StreamContext| async move {
-        tokio::time::sleep(Duration::from_millis(450)).await;
-        let _ = events.send("done").await;
-    };
-    let layer = SseLayer::new(ready).heartbeat(Duration::from_millis(100));
-    let addr = serve(route(layer)).await;
-    let (_, wire) = raw_get(addr, "/events").await;
-    let text = String::from_utf8(wire).unwrap();
-    let heartbeats = text.matches(": \r\n").count();
-    assert!(
-        (2..=5).contains(&heartbeats),
-        "{heartbeats} heartbeats in {text:?}"
-    );
-    assert!(text.ends_with("data: done\r\n\r\n"));
-    let events = all_events(fetch(addr, "/events").await).await;
-    assert_eq!(events.len(), 1, "heartbeats must not dispatch events");
-}
-
-#[tokio::test]
-async fn do_heartbeat_writes_one_comment_now() {
-    let ready = |events: EventSender, _ctx: StreamContext| async move {
-        do_heartbeat(&events).unwrap();
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        let _ = events.send("x").await;
-    };
-    let addr = serve(route(SseLayer::new(ready))).await;
-    let (_, wire) = raw_get(addr, "/events").await;
-    assert_eq!(wire, b": \r\ndata: x\r\n\r\n");
 }
 
 #[tokio::test]
@@ -155,7 +47,7 @@ async fn a_thousand_events_through_a_buffer_of_ten() {
     };
     let (layer, ends) = recorded(SseLayer::new(ready).buffer(10));
     let stats = layer.stats();
-    let addr = serve(route(layer)).await;
+    let addr = serve(route_in_mode(layer)).await;
     let events = all_events(fetch(addr, "/events").await).await;
     let ids: Vec<usize> = events.iter().map(|e| e.id.parse().unwrap()).collect();
     assert_eq!(ids, (0..1000).collect::<Vec<_>>());
@@ -180,7 +72,7 @@ async fn senders_in_other_tasks_and_threads_keep_the_stream_open() {
             }
         });
     };
-    let addr = serve(route(SseLayer::new(ready).buffer(3))).await;
+    let addr = serve(route_in_mode(SseLayer::new(ready).buffer(3))).await;
     let events = all_events(fetch(addr, "/events").await).await;
     let from = |who: &str| -> Vec<String> {
         events
@@ -217,7 +109,7 @@ async fn burst_received(buffer: Buffer) -> (Vec<u32>, usize, u64) {
     let ready = move |events, _ctx| burst(events, counted.clone());
     let layer = SseLayer::new(ready).buffer(buffer);
     let stats = layer.stats();
-    let addr = serve(route(layer)).await;
+    let addr = serve(route_in_mode(layer)).await;
     let events = all_events(fetch(addr, "/events").await).await;
     eventually("the stream's end", || stats.streams_closed() == 1).await;
     let data = events.iter().map(|e| e.data.parse().unwrap()).collect();
@@ -257,7 +149,7 @@ async fn buffer_function_is_called_once_per_stream() {
         assert_eq!(events.capacity(), 2);
         let _ = events.send("x").await;
     };
-    let addr = serve(route(SseLayer::new(ready).buffer(buffer))).await;
+    let addr = serve(route_in_mode(SseLayer::new(ready).buffer(buffer))).await;
     for _ in 0..3 {
         assert_eq!(all_events(fetch(addr, "/events").await).await.len(), 1);
     }
@@ -288,7 +180,7 @@ async fn client_disconnect_closes_senders_and_fires_once() {
     };
     let (layer, ends) = recorded(SseLayer::new(ready));
     let stats = layer.stats();
-    let addr = serve(route(layer)).await;
+    let addr = serve(route_in_mode(layer)).await;
     let mut events = events(fetch(addr, "/events").await);
     for _ in 0..3 {
         next_event(&mut events).await.unwrap();
@@ -329,7 +221,7 @@ async fn nothing_keeps_running_after_the_client_leaves() {
         }
     };
     let (layer, ends) = recorded(SseLayer::new(ready).heartbeat(Duration::from_millis(20)));
-    let addr = serve(route(layer)).await;
+    let addr = serve(route_in_mode(layer)).await;
     let metrics = tokio::runtime::Handle::current().metrics();
     let baseline = metrics.num_alive_tasks(); // the server's accept loop
     let mut events = events(fetch(addr, "/events").await);
@@ -361,7 +253,7 @@ async fn close_delivers_queued_events_then_ends() {
         tokio::time::sleep(Duration::from_secs(3600)).await;
     };
     let (layer, ends) = recorded(SseLayer::new(ready));
-    let addr = serve(route(layer)).await;
+    let addr = serve(route_in_mode(layer)).await;
     let events = all_events(fetch(addr, "/events").await).await;
     assert_eq!(events.len(), 5);
     eventually("the callback", || !ends.lock().unwrap().is_empty()).await;
@@ -377,7 +269,7 @@ async fn a_panicking_ready_function_ends_its_stream_cleanly() {
         }
     };
     let (layer, ends) = recorded(SseLayer::new(ready));
-    let addr = serve(route(layer)).await;
+    let addr = serve(route_in_mode(layer)).await;
     let events = all_events(fetch(addr, "/events").await).await;
     assert_eq!(events.len(), 1);
     assert_eq!(events[0].data, "before");
@@ -394,7 +286,7 @@ async fn a_panicking_callback_is_contained() {
     };
     let layer = SseLayer::new(ready).on_client_disconnect(|_, _| panic!("callback failed"));
     let stats = layer.stats();
-    let addr = serve(route(layer)).await;
+    let addr = serve(route_in_mode(layer)).await;
     for _ in 0..3 {
         assert_eq!(all_events(fetch(addr, "/events").await).await.len(), 1);
     }
@@ -506,7 +398,7 @@ async fn bad_events_are_typed_errors_and_the_stream_goes_on() {
             events.send(Event::new("still fine").id("1")).await.unwrap();
         }
     };
-    let addr = serve(route(SseLayer::new(ready))).await;
+    let addr = serve(route_in_mode(SseLayer::new(ready))).await;
     let (_, wire) = raw_get(addr, "/events").await;
     assert_eq!(wire, b"id: 1\r\ndata: still fine\r\n\r\n");
     let mut errors = Vec::new();
@@ -532,7 +424,7 @@ async fn last_event_id_reaches_the_ready_function() {
         let from = ctx.last_event_id().unwrap_or("none").to_owned();
         let _ = events.send(format!("resume after {from}")).await;
     };
-    let addr = serve(route(SseLayer::new(ready))).await;
+    let addr = serve(route_in_mode(SseLayer::new(ready))).await;
     let response = reqwest::Client::new()
         .get(format!("http://{addr}/events"))
         .header("last-event-id", "41")
@@ -553,7 +445,7 @@ async fn http2_streams_share_a_connection_without_connection_header() {
             let _ = events.send(i.to_string()).await;
         }
     };
-    let addr = serve(route(SseLayer::new(ready))).await;
+    let addr = serve(route_in_mode(SseLayer::new(ready))).await;
     let client = reqwest::Client::builder()
         .http2_prior_knowledge()
         .build()
@@ -586,7 +478,7 @@ async fn raw_client_closing_mid_stream_is_detected() {
         }
     };
     let (layer, ends) = recorded(SseLayer::new(ready));
-    let addr = serve(route(layer)).await;
+    let addr = serve(route_in_mode(layer)).await;
     let mut socket = tokio::net::TcpStream::connect(addr).await.unwrap();
     socket
         .write_all(format!("GET /events HTTP/1.1\r\nHost: {addr}\r\n\r\n").as_bytes())
@@ -612,7 +504,7 @@ async fn many_streams_at_once_each_get_their_own_events() {
     };
     let layer = SseLayer::new(ready);
     let stats = layer.stats();
-    let addr = serve(route(layer)).await;
+    let addr = serve(route_in_mode(layer)).await;
     let clients = (0..50).map(|n| async move {
         let events = all_events(fetch(addr, &format!("/events?{n}")).await).await;
         let expected: Vec<String> = (0..20).map(|i| format!("{n}:{i}")).collect();

@@ -18,7 +18,6 @@ use std::{
     time::Duration,
 };
 
-use axum::{Router, routing::get};
 use common::*;
 use tower_sse::{
     Event,
@@ -40,15 +39,7 @@ fn redis_url() -> Option<String> {
     }
 }
 
-/// A key prefix of its own for each test, so tests never see each other's streams.
-fn prefix(test: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    format!("tower-sse-test:{test}:{nanos}:")
-}
-
+/// A node whose streams subscribe to `room`.
 async fn node(url: &str, prefix: &str, history: usize) -> (Hub, SocketAddr) {
     node_with_topics(url, prefix, history, &["room"]).await
 }
@@ -60,31 +51,14 @@ async fn node_with_topics(
     history: usize,
     topics: &'static [&'static str],
 ) -> (Hub, SocketAddr) {
-    let hub = Hub::builder()
-        .history(history)
-        .key_prefix(prefix)
-        .build_redis(url)
-        .await
-        .unwrap();
-    let layer = hub_layer(&hub, tower_sse::Buffer::fixed(10), |_uri| {
+    redis_node(url, prefix, history, |_uri| {
         topics.iter().map(|t| (*t).to_owned()).collect()
     })
-    .heartbeat(Duration::from_millis(100));
-    let addr = serve(Router::new().route("/events", get(|| async {}).layer(layer))).await;
-    (hub, addr)
+    .await
 }
 
 async fn open(addr: SocketAddr, last: Option<&str>) -> reqwest::Response {
-    let mut request = reqwest::Client::new().get(format!("http://{addr}/events"));
-    if let Some(last) = last {
-        request = request.header("last-event-id", last);
-    }
-    request.send().await.unwrap()
-}
-
-fn stream_id(id: &str) -> (u64, u64) {
-    let (ms, seq) = id.split_once('-').expect("a Redis entry id");
-    (ms.parse().unwrap(), seq.parse().unwrap())
+    fetch_resuming(addr, "/events", last).await
 }
 
 #[tokio::test]

@@ -11,32 +11,14 @@ use axum::{Router, routing::get};
 use common::*;
 use tower_sse::hub::{Hub, RESET_EVENT};
 
-/// A key prefix of its own for each test.
-fn prefix(test: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    format!("tower-sse-review:{test}:{nanos}:")
-}
-
 /// A node serving `/events/{topic}`: the topic is the last path segment,
 /// percent-decoded (as an axum `Path` extractor would give it).
 async fn node(url: &str, prefix: &str) -> (Hub, SocketAddr) {
-    let hub = Hub::builder()
-        .history(1000)
-        .key_prefix(prefix)
-        .build_redis(url)
-        .await
-        .unwrap();
-    let layer = hub
-        .layer(|parts| {
-            let segment = parts.uri.path().rsplit('/').next().unwrap_or_default();
-            Ok(vec![percent_decode(segment)])
-        })
-        .heartbeat(Duration::from_millis(100));
-    let app = Router::new().route("/events/{topic}", get(|| async {}).layer(layer));
-    (hub.clone(), serve(app).await)
+    redis_node(url, prefix, 1000, |uri| {
+        let segment = uri.path().rsplit('/').next().unwrap_or_default();
+        vec![percent_decode(segment)]
+    })
+    .await
 }
 
 fn percent_decode(text: &str) -> String {
@@ -57,14 +39,6 @@ fn percent_decode(text: &str) -> String {
     String::from_utf8(out).unwrap()
 }
 
-async fn open(addr: SocketAddr, path: &str, last: Option<&str>) -> reqwest::Response {
-    let mut request = reqwest::Client::new().get(format!("http://{addr}{path}"));
-    if let Some(last) = last {
-        request = request.header("last-event-id", last);
-    }
-    request.send().await.unwrap()
-}
-
 /// DEFECT (fixed). RESET_EVENT's docs: an id that "cannot be resumed from: older
 /// than the history holds, unknown, or unusable" gets a reset, then live
 /// events. On Redis a well-formed id *newer than the hub's clock* (a bogus
@@ -83,7 +57,7 @@ async fn an_id_newer_than_the_hub_clock_gets_a_reset_or_live_events() {
     let (hub, addr) = node(&url, &prefix).await;
     // The hub has a clock and the topic has history.
     hub.publish("room", "before").await.unwrap();
-    let response = open(addr, "/events/room", Some("99999999999999-0")).await;
+    let response = fetch_resuming(addr, "/events/room", Some("99999999999999-0")).await;
     let mut stream = events(response);
     eventually("counted", || hub.subscribers() == 1).await;
     hub.publish("room", "live").await.unwrap();
@@ -117,12 +91,12 @@ async fn a_topic_named_like_the_clock_key_does_not_stop_other_topics() {
     let url = redis.url.clone();
     let prefix = prefix("clock-topic");
     let (hub, addr) = node(&url, &prefix).await;
-    let mut victim = events(open(addr, "/events/room", None).await);
+    let mut victim = events(fetch_resuming(addr, "/events/room", None).await);
     eventually("victim counted", || hub.subscribers() == 1).await;
     hub.publish("room", "first").await.unwrap();
     assert_eq!(next_event(&mut victim).await.unwrap().data, "first");
     // The attacker: a topic spelled like the clock key.
-    let attacker = open(addr, "/events/%00clock", None).await;
+    let attacker = fetch_resuming(addr, "/events/%00clock", None).await;
     eventually("attacker counted", || hub.subscribers() == 2).await;
     // Let the reader's round in flight (`XREAD BLOCK` 250 ms) end: the
     // next one reads the new topic too.
@@ -155,7 +129,7 @@ async fn attempt_a_silent_topic_does_not_hold_back_a_multi_topic_stream() {
         .layer(|_| Ok(vec!["busy".to_owned(), "silent".to_owned()]))
         .heartbeat(Duration::from_millis(100));
     let addr = serve(Router::new().route("/events", get(|| async {}).layer(layer))).await;
-    let mut stream = events(open(addr, "/events", None).await);
+    let mut stream = events(fetch_resuming(addr, "/events", None).await);
     eventually("counted", || b.subscribers() == 1).await;
     for i in 0..300u32 {
         let topic = if i == 150 { "silent" } else { "busy" };
@@ -181,7 +155,7 @@ async fn attempt_streams_coming_and_going_on_one_topic_miss_nothing() {
     let (a, _) = node(&url, &prefix).await;
     let (b, addr) = node(&url, &prefix).await;
     for round in 0..60u32 {
-        let mut stream = events(open(addr, "/events/t", None).await);
+        let mut stream = events(fetch_resuming(addr, "/events/t", None).await);
         eventually("counted", || b.subscribers() == 1).await;
         a.publish("t", round.to_string()).await.unwrap();
         assert_eq!(

@@ -19,7 +19,6 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use axum::{Router, routing::get};
 use common::*;
 use eventsource_stream::Event as Received;
 use futures::Stream;
@@ -29,12 +28,6 @@ use tokio::{
 };
 use tower_sse::{Event, hub::Hub};
 
-/// A key prefix of its own for each test, so tests never see each other's streams.
-fn prefix(test: &str) -> String {
-    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
-    format!("tower-sse-test:{test}:{}:", nanos.as_nanos())
-}
-
 /// A node: its streams subscribe to the comma-separated topics of the query.
 async fn node(url: &str, prefix: &str) -> (Hub, SocketAddr) {
     node_with_history(url, prefix, 1000).await
@@ -42,16 +35,11 @@ async fn node(url: &str, prefix: &str) -> (Hub, SocketAddr) {
 
 /// A node keeping (and trimming Redis to) `history` events per topic.
 async fn node_with_history(url: &str, prefix: &str, history: usize) -> (Hub, SocketAddr) {
-    let hub = Hub::builder().key_prefix(prefix).history(history);
-    let hub = hub.build_redis(url).await.unwrap();
     let topics = |uri: &axum::http::Uri| {
         let query = uri.query().unwrap_or_default();
         query.split(',').map(str::to_owned).collect()
     };
-    let layer =
-        hub_layer(&hub, tower_sse::Buffer::fixed(10), topics).heartbeat(Duration::from_millis(100));
-    let addr = serve(Router::new().route("/events", get(|| async {}).layer(layer))).await;
-    (hub, addr)
+    redis_node(url, prefix, history, topics).await
 }
 
 async fn open(
@@ -59,16 +47,7 @@ async fn open(
     topics: &str,
     last: Option<&str>,
 ) -> impl Stream<Item = Received> + Unpin + use<> {
-    let mut request = reqwest::Client::new().get(format!("http://{addr}/events?{topics}"));
-    if let Some(last) = last {
-        request = request.header("last-event-id", last);
-    }
-    events(request.send().await.unwrap())
-}
-
-fn stream_id(id: &str) -> (u64, u64) {
-    let (ms, seq) = id.split_once('-').expect("a Redis entry id");
-    (ms.parse().unwrap(), seq.parse().unwrap())
+    events(fetch_resuming(addr, &format!("/events?{topics}"), last).await)
 }
 
 /// `(id, data)` of each event up to and including the one with data `end`

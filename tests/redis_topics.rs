@@ -8,7 +8,7 @@
 
 mod common;
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use axum::{Router, body::Body, routing::get};
 use common::*;
@@ -27,8 +27,7 @@ async fn short_lived_topics_leave_nothing_on_the_node_or_in_redis() {
         .and_then(|n| n.parse().ok())
         .unwrap_or(100_000);
     let redis = Redis::start().await;
-    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
-    let prefix = format!("tower-sse-test:short:{}:", nanos.as_nanos());
+    let prefix = prefix("short");
     let age = Duration::from_secs(1);
     let hub = Hub::builder()
         .key_prefix(&prefix)

@@ -13,7 +13,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use axum::{Router, http::StatusCode, routing::get};
+use axum::http::StatusCode;
 use common::*;
 use futures::StreamExt;
 use tokio::{
@@ -28,10 +28,6 @@ use tower_http::{
 use tower_sse::{
     Buffer, CancellationToken, DisconnectReason, Event, EventSender, SseLayer, StreamContext,
 };
-
-fn route(layer: SseLayer) -> Router {
-    Router::new().route("/events", get(|| async {}).layer(common::in_mode(layer)))
-}
 
 /// Opens a raw HTTP/1.1 stream and returns the socket once the response head is read.
 async fn open_raw(addr: std::net::SocketAddr, path: &str) -> (TcpStream, Vec<u8>) {
@@ -92,7 +88,7 @@ async fn churn_leaves_no_stream_callback_or_task_behind() {
     });
     let stats = layer.stats();
     let metrics = tokio::runtime::Handle::current().metrics();
-    let addr = serve(route(layer)).await;
+    let addr = serve(route_in_mode(layer)).await;
     tokio::time::sleep(Duration::from_millis(50)).await;
     let baseline = metrics.num_alive_tasks();
     let started = Instant::now();
@@ -173,7 +169,7 @@ async fn slow_reader(buffer: Buffer, waits: bool) -> (u64, usize, u64, usize) {
         }
     };
     let layer = SseLayer::new(ready).buffer(buffer);
-    let addr = serve(route(layer)).await;
+    let addr = serve(route_in_mode(layer)).await;
     let (socket, _) = open_raw(addr, "/events").await;
     let sender = sender_rx.await.unwrap();
     // Socket buffers and hyper's buffer fill first; then only our queue can
@@ -275,7 +271,7 @@ async fn shutdown_ends_every_stream_and_lets_serve_return() {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let server = tokio::spawn(
-        axum::serve(listener, route(layer))
+        axum::serve(listener, route_in_mode(layer))
             .with_graceful_shutdown(token.clone().cancelled_owned())
             .into_future(),
     );
@@ -341,7 +337,7 @@ async fn detection_delay(busy: bool, heartbeat: Duration) -> Duration {
         .on_client_disconnect(move |_, _| {
             let _ = ended_tx.send(Instant::now());
         });
-    let addr = serve(route(layer)).await;
+    let addr = serve(route_in_mode(layer)).await;
     let (mut socket, mut seen) = open_raw(addr, "/events").await;
     read_until(&mut socket, &mut seen, b"data: first", 1).await;
     let closed_at = Instant::now();
@@ -379,7 +375,7 @@ async fn request_timeouts_and_body_limits_do_not_cut_streams() {
     };
     // The stream lives 600 ms, three times the request timeout.
     let layer = SseLayer::new(ready);
-    let app = route(layer)
+    let app = route_in_mode(layer)
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
             Duration::from_millis(200),
@@ -397,7 +393,7 @@ async fn heartbeats_keep_a_response_body_timeout_from_firing() {
         let _ = events.send("after the silence").await;
     };
     let app = |heartbeat| {
-        route(SseLayer::new(ready).heartbeat(heartbeat))
+        route_in_mode(SseLayer::new(ready).heartbeat(heartbeat))
             .layer(ResponseBodyTimeoutLayer::new(Duration::from_millis(300)))
     };
     // Heartbeats every 100 ms: the idle-body timeout never fires.

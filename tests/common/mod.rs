@@ -1,16 +1,21 @@
 //! Helpers shared by the end-to-end tests: a real server on loopback, a real
-//! HTTP client, and the independent `eventsource-stream` parser.
+//! HTTP client, and the independent `eventsource-stream` parser; serving the
+//! hub ([`hub`]) and a Redis for its backend ([`redis`]).
 #![allow(dead_code)]
 
 use std::{net::SocketAddr, time::Duration};
+
+mod hub;
+#[allow(unused_imports)]
+pub use self::hub::*;
 
 #[cfg(feature = "redis")]
 mod redis;
 #[cfg(feature = "redis")]
 #[allow(unused_imports)]
-pub use self::redis::Redis;
+pub use self::redis::*;
 
-use axum::Router;
+use axum::{Router, routing::get};
 use eventsource_stream::{Event, Eventsource};
 use futures::{Stream, StreamExt};
 use tokio::{
@@ -29,6 +34,16 @@ pub async fn serve(app: Router) -> SocketAddr {
     addr
 }
 
+/// `/events`, served by `layer` as it is.
+pub fn route(layer: tower_sse::SseLayer) -> Router {
+    Router::new().route("/events", get(|| async {}).layer(layer))
+}
+
+/// `/events`, served by `layer` in the mode under test ([`in_mode`]).
+pub fn route_in_mode(layer: tower_sse::SseLayer) -> Router {
+    route(in_mode(layer))
+}
+
 /// A GET over real TCP.
 pub async fn fetch(addr: SocketAddr, path: &str) -> reqwest::Response {
     reqwest::Client::new()
@@ -36,6 +51,16 @@ pub async fn fetch(addr: SocketAddr, path: &str) -> reqwest::Response {
         .send()
         .await
         .unwrap()
+}
+
+/// A GET over real TCP that resumes after `last`, sent as `Last-Event-ID`,
+/// when there is one.
+pub async fn fetch_resuming(addr: SocketAddr, path: &str, last: Option<&str>) -> reqwest::Response {
+    let mut request = reqwest::Client::new().get(format!("http://{addr}{path}"));
+    if let Some(last) = last {
+        request = request.header("last-event-id", last);
+    }
+    request.send().await.unwrap()
 }
 
 /// Parses a response body with the independent parser.
@@ -46,6 +71,25 @@ pub fn events(response: reqwest::Response) -> impl Stream<Item = Event> + Unpin 
             .eventsource()
             .map(|event| event.expect("the independent parser rejected the stream")),
     )
+}
+
+/// Every event until the body ends, by the independent parser; a transport
+/// or parse error is an `Err` (a dying connection must fail the test, not panic in a helper).
+pub async fn try_all_events(addr: SocketAddr, path: &str) -> Result<Vec<Event>, String> {
+    let response = reqwest::Client::new()
+        .get(format!("http://{addr}{path}"))
+        .send()
+        .await
+        .map_err(|err| format!("request failed: {err:?}"))?;
+    if response.status() != 200 {
+        return Err(format!("status {}", response.status()));
+    }
+    let mut parsed = response.bytes_stream().eventsource();
+    let mut events = Vec::new();
+    while let Some(event) = parsed.next().await {
+        events.push(event.map_err(|err| format!("body failed after {events:?}: {err:?}"))?);
+    }
+    Ok(events)
 }
 
 /// Every event until the stream ends.
@@ -131,23 +175,5 @@ pub fn response_in_mode(response: tower_sse::SseResponse) -> tower_sse::SseRespo
         response.spawn_ready()
     } else {
         response
-    }
-}
-
-/// A layer serving `hub`'s streams on the topics `topics` picks from the
-/// URI: served from the body with [`Hub::layer`](tower_sse::hub::Hub::layer) by
-/// default, and through the compatible ready function
-/// ([`Hub::ready`](tower_sse::hub::Hub::ready), with `buffer`) in the spawned
-/// run, so that CI checks both paths against the same tests.
-#[allow(dead_code)]
-pub fn hub_layer(
-    hub: &tower_sse::hub::Hub,
-    buffer: tower_sse::Buffer,
-    topics: impl Fn(&axum::http::Uri) -> Vec<String> + Send + Sync + 'static,
-) -> tower_sse::SseLayer {
-    if spawned() {
-        in_mode(tower_sse::SseLayer::new(hub.ready(move |ctx| topics(ctx.uri()))).buffer(buffer))
-    } else {
-        hub.layer(move |parts| Ok(topics(&parts.uri)))
     }
 }

@@ -1,9 +1,17 @@
-//! A Redis for the tests of the hub's Redis backend.
+//! The tests of the hub's Redis backend: a Redis to test against, a key
+//! prefix of each test's own, and nodes (hubs on that Redis, each with its
+//! own axum server on loopback).
 
 use std::{
+    net::SocketAddr,
     process::{Child, Command, Stdio},
-    time::Duration,
+    time::{Duration, SystemTime, UNIX_EPOCH},
 };
+
+use axum::{Router, routing::get};
+use tower_sse::{Buffer, hub::Hub};
+
+use super::{hub_layer, serve};
 
 /// The Redis under test: `REDIS_URL`, or a `redis-server` of the test's own.
 pub struct Redis {
@@ -50,4 +58,40 @@ impl Drop for Redis {
             let _ = child.wait();
         }
     }
+}
+
+/// A key prefix of its own for each test, so tests never see each other's streams.
+pub fn prefix(test: &str) -> String {
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
+    format!("tower-sse-test:{test}:{}:", nanos.as_nanos())
+}
+
+/// A Redis entry id as `(milliseconds, sequence)`, which orders ids.
+pub fn stream_id(id: &str) -> (u64, u64) {
+    let (ms, seq) = id.split_once('-').expect("a Redis entry id");
+    (ms.parse().unwrap(), seq.parse().unwrap())
+}
+
+/// A node: a hub on the Redis at `url`, its keys under `prefix`, keeping (and
+/// trimming Redis to) `history` events per topic. It serves `/events` and
+/// `/events/{topic}` through [`hub_layer`] (a fixed buffer of 10 where that
+/// takes one) with a heartbeat every 100 ms, on the topics `topics` picks
+/// from the URI.
+pub async fn redis_node(
+    url: &str,
+    prefix: &str,
+    history: usize,
+    topics: impl Fn(&axum::http::Uri) -> Vec<String> + Send + Sync + 'static,
+) -> (Hub, SocketAddr) {
+    let hub = Hub::builder()
+        .history(history)
+        .key_prefix(prefix)
+        .build_redis(url)
+        .await
+        .unwrap();
+    let layer = hub_layer(&hub, Buffer::fixed(10), topics).heartbeat(Duration::from_millis(100));
+    let app = Router::new()
+        .route("/events", get(|| async {}).layer(layer.clone()))
+        .route("/events/{topic}", get(|| async {}).layer(layer));
+    (hub, serve(app).await)
 }
