@@ -40,6 +40,8 @@ pub(crate) struct StreamConfig {
     pub(crate) connection_close: bool,
     /// The query parameter read as `Last-Event-ID` when the header is absent.
     pub(crate) last_event_id_query: Option<Arc<str>>,
+    /// The `layer` label of the streams' metrics.
+    pub(crate) name: Option<Arc<str>>,
 }
 
 impl StreamConfig {
@@ -61,6 +63,7 @@ impl StreamConfig {
             hub: None,
             connection_close: true,
             last_event_id_query: None,
+            name: None,
         }
     }
 
@@ -87,6 +90,7 @@ impl fmt::Debug for StreamConfig {
             .field("stall_timeout", &self.stall_timeout)
             .field("connection_close", &self.connection_close)
             .field("last_event_id_query", &self.last_event_id_query)
+            .field("name", &self.name)
             .finish_non_exhaustive()
     }
 }

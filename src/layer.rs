@@ -266,6 +266,19 @@ impl SseLayer {
         self
     }
 
+    /// Names the layer: the `layer` label of its streams' metrics (feature
+    /// `metrics`; see the table in the crate docs) and a field of their
+    /// tracing spans.
+    ///
+    /// ```
+    /// let layer = tower_sse::SseLayer::new(|_events, _ctx| async {}).name("prices");
+    /// # let _ = layer;
+    /// ```
+    pub fn name(mut self, name: &str) -> Self {
+        Arc::make_mut(&mut self.config).name = Some(name.into());
+        self
+    }
+
     /// The counters of this layer's streams (shared by its clones).
     pub fn stats(&self) -> SseStats {
         self.config.stats.clone().unwrap_or_default()

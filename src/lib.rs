@@ -132,6 +132,7 @@ mod sender;
 mod stall;
 mod stats;
 mod sync;
+mod telemetry;
 #[cfg(feature = "testing")]
 #[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
 pub mod testing;

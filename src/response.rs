@@ -168,6 +168,13 @@ impl SseResponse {
         self
     }
 
+    /// Names the stream's metrics (their `layer` label), as
+    /// [`SseLayer::name`](crate::SseLayer::name) does.
+    pub fn name(mut self, name: &str) -> Self {
+        self.config.name = Some(name.into());
+        self
+    }
+
     /// Counts this stream in `stats` (for example a layer's, or one shared by handlers).
     pub fn stats(mut self, stats: &SseStats) -> Self {
         self.config.stats = Some(stats.clone());

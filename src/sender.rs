@@ -5,6 +5,7 @@ use std::{fmt, sync::Arc};
 use crate::{
     event::{Event, EventError},
     queue::{Queue, Rejected},
+    telemetry,
 };
 
 /// Sends events to one client's stream; the Rust form of Pedestal's event channel.
@@ -65,6 +66,7 @@ impl EventSender {
             .push(bytes)
             .await
             .map_err(|_| SendError::Closed)?;
+        telemetry::event_payload(len);
         tracing::trace!(bytes = len, "event queued");
         Ok(())
     }
@@ -109,6 +111,7 @@ impl EventSender {
         let len = bytes.len();
         match self.queue.try_push(bytes) {
             Ok(()) => {
+                telemetry::event_payload(len);
                 tracing::trace!(bytes = len, "event queued");
                 Ok(())
             }

@@ -22,7 +22,7 @@ use tokio::time::Instant;
 
 #[allow(unused_imports)] // for the docs
 use crate::StreamContext;
-use crate::{Event, EventError, LAST_EVENT_ID};
+use crate::{Event, EventError, LAST_EVENT_ID, telemetry};
 
 mod builder;
 mod layer;
@@ -307,10 +307,13 @@ impl Hub {
         if let Some(backend) = &self.inner.redis {
             return backend.publish(topic, event.into()).await;
         }
-        self.publish_local(topic, event.into())
+        let (id, len) = self.publish_local(topic, event.into())?;
+        telemetry::hub_published(len);
+        Ok(id)
     }
 
-    fn publish_local(&self, name: &str, mut event: Event) -> Result<String, PublishError> {
+    /// Publishes in memory; returns the id and the encoded size.
+    fn publish_local(&self, name: &str, mut event: Event) -> Result<(String, usize), PublishError> {
         let inner = &self.inner;
         let now = Instant::now();
         let mut topics = inner.lock();
@@ -320,6 +323,7 @@ impl Hub {
             event.id = Some(seq.to_string());
         }
         let bytes = event.encode().map_err(PublishError::Invalid)?;
+        let len = bytes.len();
         let id: Arc<str> = event.id.as_deref().unwrap_or_default().into();
         let topic = topics
             .get_or_insert(name, inner, now)
@@ -344,7 +348,7 @@ impl Hub {
         inner.published.store(seq, Ordering::Release);
         drop(topics);
         topic.wake();
-        Ok(id.to_string())
+        Ok((id.to_string(), len))
     }
 
     /// Streams subscribed right now: an event published once a stream is
