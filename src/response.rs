@@ -83,7 +83,8 @@ where
     }
 }
 
-/// An event-stream response from [`start_stream`]; implements [`IntoResponse`].
+/// An event-stream response from [`start_stream`]; with the `axum` feature (a
+/// default), axum's `IntoResponse`.
 #[must_use = "an SseResponse does nothing until it is returned as a response"]
 pub struct SseResponse {
     config: StreamConfig,
