@@ -1,27 +1,23 @@
 //! The streaming response body: queued events, heartbeats in silence, and the
-//! end-of-stream bookkeeping.
+//! end-of-stream bookkeeping. The ready function it calls, polls and stops
+//! is in `ready.rs`.
 
 use std::{
     fmt,
     future::Future,
     panic::{AssertUnwindSafe, catch_unwind},
     pin::Pin,
-    sync::{Arc, Mutex, PoisonError},
-    task::{Context, Poll, Waker},
+    sync::Arc,
+    task::{Context, Poll},
     time::Duration,
 };
 
 use bytes::Bytes;
-use futures::future::BoxFuture;
 use http::Method;
 use http_body::{Body, Frame};
 use pin_project_lite::pin_project;
-use tokio::{
-    task::AbortHandle,
-    time::{Instant, Sleep},
-};
+use tokio::time::{Instant, Sleep};
 use tokio_util::sync::WaitForCancellationFutureOwned;
-use tracing::Instrument;
 
 use crate::{
     StreamContext,
@@ -31,11 +27,15 @@ use crate::{
     frame::FrameBuilder,
     hub::Lagged,
     hub::Subscription,
-    queue::{Ended, Queue, ReadyPoll},
+    queue::{Ended, Queue},
     sender::EventSender,
     stall::{Out, StallWatch},
     stats::{self, StreamTotals},
 };
+
+mod ready;
+
+use ready::ReadyState;
 
 /// Why a stream ended, as given to the on-disconnect callback.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -198,19 +198,6 @@ enum Source {
     },
 }
 
-/// Where the application's ready function is.
-enum ReadyState {
-    /// Not called yet: the body calls it at its first poll, in the runtime
-    /// that polls it.
-    Waiting(EventSender),
-    /// Polled by the body (fixed buffers); the `Mutex` keeps the body `Sync`
-    /// and is never locked (`get_mut`).
-    Polled(Mutex<BoxFuture<'static, ()>>),
-    /// Running as its own task (dropping and sliding buffers, or when asked).
-    Spawned(AbortHandle),
-    Done,
-}
-
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Phase {
     Streaming,
@@ -311,41 +298,9 @@ impl State {
             }
             return;
         };
-        if !matches!(ready_fn, ReadyState::Waiting(_)) {
+        let span = self.span.as_deref().unwrap_or(&NO_SPAN);
+        if !ready_fn.start(queue, &self.config, &mut self.ctx, span) {
             return;
-        }
-        let queue = queue.clone();
-        let ReadyState::Waiting(sender) = std::mem::replace(ready_fn, ReadyState::Done) else {
-            return;
-        };
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            tracing::error!(parent: self.span(), "no tokio runtime: the ready function cannot run");
-            return;
-        };
-        let ctx = match &self.config.on_disconnect {
-            Some(_) => self.ctx.clone(),
-            None => self.ctx.take(),
-        };
-        let Some(ctx) = ctx else {
-            return;
-        };
-        // Its synchronous part runs here, inside hyper's task: never unwind there.
-        let ready = match catch_unwind(AssertUnwindSafe(|| (self.config.ready)(sender, ctx))) {
-            Ok(ready) => ready,
-            Err(_) => {
-                tracing::error!(parent: self.span(), "the ready function panicked");
-                queue.mark_panicked();
-                return;
-            }
-        };
-        let started = if queue.policy() == Policy::Wait && !self.config.spawn_ready {
-            ReadyState::Polled(Mutex::new(ready))
-        } else {
-            let task = runtime.spawn(ready.instrument(self.span().clone()));
-            ReadyState::Spawned(task.abort_handle())
-        };
-        if let Source::Queue { ready_fn, .. } = &mut self.source {
-            *ready_fn = started;
         }
         if let Some(delay) = self.config.heartbeat().or(self.config.stall_timeout) {
             timer.set(Some(tokio::time::sleep(delay)));
@@ -358,49 +313,13 @@ impl State {
         let Source::Queue { queue, ready_fn } = &mut self.source else {
             return false;
         };
-        // Cleared whatever the ready function: a stale wake-up must not spin the body.
-        if !queue.take_ready_wake() {
-            return false;
-        }
-        let ReadyState::Polled(ready) = ready_fn else {
-            return false;
-        };
-        let ready = ready.get_mut().unwrap_or_else(PoisonError::into_inner);
-        // The queue is the ready function's waker: a wake-up flags it and wakes the body.
-        let waker = Waker::from(queue.clone());
-        let mut cx = Context::from_waker(&waker);
-        let span = self.span.as_deref().unwrap_or(&NO_SPAN);
-        let polled = {
-            let _entered = span.enter();
-            let _polling = ReadyPoll::enter(queue);
-            catch_unwind(AssertUnwindSafe(|| ready.as_mut().poll(&mut cx)))
-        };
-        match polled {
-            Ok(Poll::Pending) => return true,
-            Ok(Poll::Ready(())) => {}
-            Err(_) => {
-                tracing::error!(parent: span, "the ready function panicked");
-                queue.mark_panicked();
-            }
-        }
-        self.stop_ready_fn();
-        true
+        ready_fn.poll(queue, self.span.as_deref().unwrap_or(&NO_SPAN))
     }
 
     /// Drops or aborts the ready function (dropping its senders).
     fn stop_ready_fn(&mut self) {
-        let Source::Queue { ready_fn, .. } = &mut self.source else {
-            return;
-        };
-        match std::mem::replace(ready_fn, ReadyState::Done) {
-            ReadyState::Polled(ready) => {
-                // Its destructors may run inside hyper's task or a `Drop`: never unwind there.
-                if catch_unwind(AssertUnwindSafe(move || drop(ready))).is_err() {
-                    tracing::error!(parent: self.span(), "the ready function panicked when dropped");
-                }
-            }
-            ReadyState::Spawned(task) => task.abort(),
-            ReadyState::Waiting(_) | ReadyState::Done => {}
+        if let Source::Queue { ready_fn, .. } = &mut self.source {
+            ready_fn.stop(self.span.as_deref().unwrap_or(&NO_SPAN));
         }
     }
 

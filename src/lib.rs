@@ -95,14 +95,17 @@
 //! 1. `sender.rs`, [`EventSender::send`]: the ready function hands over an
 //!    [`Event`].
 //! 2. `event.rs`, [`Event::encode`]: the event becomes its wire bytes, once,
-//!    checked (a bad name or id is an [`EventError`] here, at the call site).
-//! 3. `queue.rs`, `Queue::push`: the bytes wait in the stream's bounded
-//!    queue; the [`Buffer`] policy (`buffer.rs`) decides what a full queue
-//!    does (wait, drop the newest, drop the oldest).
+//!    checked (a bad name or id is an [`EventError`] here, at the call site);
+//!    the encoder itself is `event/encode.rs`.
+//! 3. `queue/push.rs`, `Queue::push`: the bytes wait in the stream's bounded
+//!    queue (`queue.rs`, `Queue`); the [`Buffer`] policy (`buffer.rs`)
+//!    decides what a full queue does (wait, drop the newest, drop the oldest).
 //! 4. `body.rs`, [`EventStream`]'s `poll_frame`: the body polls a
-//!    body-polled ready function, takes what is queued into one frame
-//!    (`frame.rs`, `FrameBuilder`, up to 64 KiB), and writes a heartbeat
-//!    comment after each silence; `stall.rs` watches a reader that stopped.
+//!    body-polled ready function (`body/ready.rs`, `ReadyState`, woken
+//!    through the queue: `queue/wake.rs`), takes what is queued into one
+//!    frame (`frame.rs`, `FrameBuilder`, up to 64 KiB), and writes a
+//!    heartbeat comment after each silence; `stall.rs` watches a reader that
+//!    stopped.
 //! 5. `layer.rs`, [`ResponseBody`]: the layer's body hands the frame to
 //!    hyper, which writes it to the socket.
 //!
@@ -110,7 +113,10 @@
 //! `Hub::publish` encodes it once into its topic's ring (`hub/topic.rs`,
 //! `Ring`); each stream's `Subscription` (`hub/subscription.rs`) reads the
 //! rings with its own cursors, and the body (step 4) takes its frames from
-//! there instead of from a queue. The settings every stream is built from
+//! there instead of from a queue. On Redis, `Hub::publish` appends to a
+//! Redis stream instead (`hub/redis.rs`, `Backend::publish`); each node's
+//! reader (`hub/redis/reader.rs`) fills its rings from there, and an id
+//! older than the rings is replayed from Redis (`hub/redis/replay.rs`). The settings every stream is built from
 //! are in `config.rs`; the response headers and [`start_stream`] in
 //! `response.rs`.
 #![deny(missing_docs, unsafe_code, unreachable_pub)]

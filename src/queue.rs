@@ -13,14 +13,15 @@
 //! `sync.rs`). No user-reachable code runs under the lock: wakers are cloned
 //! before it is taken and woken or dropped after it is released, events that
 //! leave the queue are dropped after it, and `tracing` is called outside it.
+//!
+//! This file holds the state and what the body and the senders do to it
+//! without waiting; the futures that wait are `push.rs` (room, in arrival
+//! order) and `closed.rs` (the end), and `wake.rs` is the queue as the waker
+//! of the ready function the body polls.
 
 use std::{
-    cell::Cell,
     collections::VecDeque,
-    future::Future,
-    pin::Pin,
-    sync::Arc,
-    task::{Context, Poll, Wake, Waker, ready},
+    task::{Context, Poll, Waker},
 };
 
 use bytes::Bytes;
@@ -28,14 +29,21 @@ use bytes::Bytes;
 use crate::{
     buffer::Policy,
     frame::FrameBuilder,
-    sync::{AtomicBool, Mutex, MutexGuard, Ordering},
+    sync::{AtomicBool, Mutex, MutexGuard},
 };
+
+mod closed;
+mod push;
+mod wake;
+
+pub(crate) use wake::ReadyPoll;
 
 /// One stream's queue, shared by its senders and its body.
 pub(crate) struct Queue {
     state: Mutex<State>,
     /// The ready function that the body polls itself (see `body.rs`) was woken:
-    /// set by this queue's [`Wake`] impl, which is that ready function's waker.
+    /// set by this queue's `Wake` impl (`wake.rs`), which is that ready
+    /// function's waker.
     ready_woken: AtomicBool,
     policy: Policy,
     capacity: usize,
@@ -252,32 +260,6 @@ impl Queue {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Queues `bytes`, waiting for room under [`Policy::Wait`] (first come,
-    /// first served); see [`Push`].
-    pub(crate) fn push(&self, bytes: Bytes) -> Push<'_> {
-        Push {
-            queue: self,
-            bytes: Some(bytes),
-            waiter: None,
-            waits: self.policy == Policy::Wait,
-        }
-    }
-
-    /// Queues `bytes`, waiting in line for room whatever the policy, as a
-    /// send to a fixed buffer does: with a dropping or sliding buffer it
-    /// never drops an event (its own or one queued), and the slot it is
-    /// granted is kept for it (the other sends drop instead). The hub's
-    /// sends: it falls behind in its history, and says so, rather than lose
-    /// events, or its notices, in the buffer.
-    pub(crate) fn push_waiting(&self, bytes: Bytes) -> Push<'_> {
-        Push {
-            queue: self,
-            bytes: Some(bytes),
-            waiter: None,
-            waits: true,
-        }
-    }
-
     /// Queues `bytes` if there is room now (never ahead of a waiting send).
     pub(crate) fn try_push(&self, bytes: Bytes) -> Result<(), Rejected> {
         let mut state = self.lock();
@@ -390,17 +372,6 @@ impl Queue {
         }
     }
 
-    /// Whether the ready function that the body polls was woken since the last
-    /// call; clears the flag.
-    pub(crate) fn take_ready_wake(&self) -> bool {
-        self.ready_woken.swap(false, Ordering::AcqRel)
-    }
-
-    /// Whether the ready function that the body polls was woken and not polled yet.
-    pub(crate) fn ready_woken(&self) -> bool {
-        self.ready_woken.load(Ordering::Acquire)
-    }
-
     /// A ready function panicked (its senders are dropped after the unwinding was
     /// caught, so `remove_sender` cannot tell): accept nothing more, from
     /// any sender, and end with [`Ended::Panicked`] once the queue is empty.
@@ -461,14 +432,6 @@ impl Queue {
         self.lock().closed
     }
 
-    /// Resolves once no more events are accepted.
-    pub(crate) fn closed(&self) -> WaitClosed<'_> {
-        WaitClosed {
-            queue: self,
-            id: None,
-        }
-    }
-
     pub(crate) fn dropped(&self) -> u64 {
         self.lock().dropped
     }
@@ -480,259 +443,6 @@ impl Queue {
 
     pub(crate) fn capacity(&self) -> usize {
         self.capacity
-    }
-}
-
-/// The future of [`Queue::push`] and [`Queue::push_waiting`].
-///
-/// Spends tokio's cooperative budget as tokio's own channels do, so that a
-/// task sending in a loop yields now and then even when every send finds
-/// room (with a dropping or sliding buffer, always). Inside a body's poll of
-/// its own ready function (see [`ReadyPoll`]) room is taken without it: that
-/// ready function then fills whole frames, and the body bounds the poll itself.
-///
-/// Cancel safe: dropped before it completes, it queued nothing, and a slot
-/// it had been granted passes to the next waiting send.
-pub(crate) struct Push<'a> {
-    queue: &'a Queue,
-    bytes: Option<Bytes>,
-    /// Its place among the waiting sends, once it waits.
-    waiter: Option<u64>,
-    /// It waits for room when full (a fixed buffer, or `push_waiting`);
-    /// otherwise the policy drops an event.
-    waits: bool,
-}
-
-impl Future for Push<'_> {
-    type Output = Result<(), Rejected>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.get_mut();
-        let coop = if ReadyPoll::polls(this.queue) {
-            None
-        } else {
-            Some(ready!(crate::sync::poll_proceed(cx)))
-        };
-        let queue = this.queue;
-        let mut waker = None;
-        loop {
-            let mut state = queue.lock();
-            if state.closed {
-                let removed = this.leave(&mut state);
-                drop(state);
-                drop(removed);
-                return Poll::Ready(Err(Rejected::Closed));
-            }
-            let admitted = match (this.waits, this.waiter) {
-                (true, None) => state.admits_newcomer(queue.capacity),
-                (true, Some(id)) => {
-                    let position = state.waiting.iter().position(|w| w.id == id);
-                    match position {
-                        Some(at) if at < state.granted as usize => {
-                            // Its slot: the first `granted` waiters hold one each.
-                            state.waiting.remove(at);
-                            state.granted -= 1;
-                            this.waiter = None;
-                            true
-                        }
-                        _ => false,
-                    }
-                }
-                (false, _) => true,
-            };
-            if admitted {
-                let bytes = this.bytes.take().unwrap_or_default();
-                let enqueued = state.enqueue(bytes, queue.policy, queue.capacity);
-                drop(state);
-                enqueued.finish();
-                if let Some(coop) = coop {
-                    coop.made_progress();
-                }
-                return Poll::Ready(Ok(()));
-            }
-            // Wait for a slot, registered with `cx`'s waker (cloned outside the lock).
-            let slot = this
-                .waiter
-                .and_then(|id| state.waiting.iter_mut().find(|w| w.id == id));
-            if let Some(Waiter {
-                waker: Some(stored),
-                ..
-            }) = &slot
-            {
-                if stored.will_wake(cx.waker()) {
-                    return Poll::Pending;
-                }
-            }
-            let Some(new) = waker.take() else {
-                drop(state);
-                waker = Some(cx.waker().clone());
-                continue;
-            };
-            let old = match slot {
-                Some(slot) => slot.waker.replace(new),
-                None => {
-                    let id = state.next_id();
-                    state.waiting.push_back(Waiter {
-                        id,
-                        waker: Some(new),
-                    });
-                    this.waiter = Some(id);
-                    None
-                }
-            };
-            drop(state);
-            drop(old);
-            return Poll::Pending;
-        }
-    }
-}
-
-impl Push<'_> {
-    /// Leaves the waiting line (under the lock), passing on a granted slot;
-    /// returns what to drop and wake after the lock.
-    fn leave(&mut self, state: &mut State) -> (Option<Waiter>, WakeList) {
-        let mut wakes = WakeList::default();
-        let Some(id) = self.waiter.take() else {
-            return (None, wakes);
-        };
-        let Some(at) = state.waiting.iter().position(|w| w.id == id) else {
-            return (None, wakes);
-        };
-        let removed = state.waiting.remove(at);
-        if at < state.granted as usize {
-            state.granted -= 1;
-            if !state.closed {
-                // One slot freed, so at most one grant: `wakes` has room.
-                state.grant(self.queue.capacity, &mut wakes);
-            }
-        }
-        (removed, wakes)
-    }
-}
-
-impl Drop for Push<'_> {
-    fn drop(&mut self) {
-        if self.waiter.is_none() {
-            return;
-        }
-        let queue = self.queue;
-        let mut state = queue.lock();
-        let (removed, mut wakes) = self.leave(&mut state);
-        drop(state);
-        drop(removed);
-        wakes.wake_all();
-    }
-}
-
-/// The future of [`Queue::closed`].
-pub(crate) struct WaitClosed<'a> {
-    queue: &'a Queue,
-    id: Option<u64>,
-}
-
-impl Future for WaitClosed<'_> {
-    type Output = ();
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        let this = self.get_mut();
-        // Cloned outside the lock, in case it must be stored.
-        let waker = cx.waker().clone();
-        let mut state = this.queue.lock();
-        if state.closed {
-            let removed = this.leave(&mut state);
-            drop(state);
-            drop((removed, waker));
-            return Poll::Ready(());
-        }
-        let old = match this.id {
-            Some(id) => state
-                .closing
-                .iter_mut()
-                .find(|w| w.id == id)
-                .and_then(|w| w.waker.replace(waker)),
-            None => {
-                let id = state.next_id();
-                state.closing.push(Waiter {
-                    id,
-                    waker: Some(waker),
-                });
-                this.id = Some(id);
-                None
-            }
-        };
-        drop(state);
-        drop(old);
-        Poll::Pending
-    }
-}
-
-impl WaitClosed<'_> {
-    fn leave(&mut self, state: &mut State) -> Option<Waiter> {
-        let id = self.id.take()?;
-        let at = state.closing.iter().position(|w| w.id == id)?;
-        Some(state.closing.swap_remove(at))
-    }
-}
-
-impl Drop for WaitClosed<'_> {
-    fn drop(&mut self) {
-        if self.id.is_none() {
-            return;
-        }
-        let mut state = self.queue.lock();
-        let removed = self.leave(&mut state);
-        drop(state);
-        drop(removed);
-    }
-}
-
-thread_local! {
-    /// The address of the queue whose body is polling its own ready function on
-    /// this thread (0: none).
-    static PRODUCER_POLL: Cell<usize> = const { Cell::new(0) };
-}
-
-/// Marks this thread as polling the ready function of `queue`'s body, until
-/// dropped: that ready function's sends to *this* queue take free room without
-/// spending tokio's budget (see [`Push`]); every other send spends it, its
-/// sends to other streams included.
-pub(crate) struct ReadyPoll {
-    outer: usize,
-}
-
-impl ReadyPoll {
-    pub(crate) fn enter(queue: &Queue) -> Self {
-        let address = std::ptr::from_ref(queue) as usize;
-        Self {
-            outer: PRODUCER_POLL.with(|polled| polled.replace(address)),
-        }
-    }
-
-    fn polls(queue: &Queue) -> bool {
-        PRODUCER_POLL.with(Cell::get) == std::ptr::from_ref(queue) as usize
-    }
-}
-
-impl Drop for ReadyPoll {
-    fn drop(&mut self) {
-        PRODUCER_POLL.with(|polled| polled.set(self.outer));
-    }
-}
-
-/// The waker of the ready function the body polls: it flags the ready function and wakes
-/// the body, which polls it (sharing the queue's allocation, so a stream
-/// needs no task and no waker of its own).
-impl Wake for Queue {
-    fn wake(self: Arc<Self>) {
-        self.wake_by_ref();
-    }
-
-    fn wake_by_ref(self: &Arc<Self>) {
-        self.ready_woken.store(true, Ordering::Release);
-        let waker = self.lock().receiver.take();
-        if let Some(waker) = waker {
-            waker.wake();
-        }
     }
 }
 

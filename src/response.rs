@@ -84,9 +84,9 @@ where
     }
 }
 
-/// An event-stream response from [`start_stream`]; with the `axum` feature, an axum
-/// [`IntoResponse`](https://docs.rs/axum/0.8/axum/response/trait.IntoResponse.html);
-/// [`into_http`](SseResponse::into_http) gives a plain `http::Response`.
+/// An event-stream response from [`start_stream`]; with the `axum` feature (a
+/// default), axum's `IntoResponse`; [`into_http`](SseResponse::into_http)
+/// gives a plain `http::Response`.
 #[must_use = "an SseResponse does nothing until it is returned as a response"]
 pub struct SseResponse {
     config: StreamConfig,

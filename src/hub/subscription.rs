@@ -5,12 +5,13 @@
 use std::{
     collections::VecDeque,
     panic::{AssertUnwindSafe, catch_unwind},
-    sync::{Arc, Mutex, PoisonError, atomic::Ordering},
+    sync::{Arc, atomic::Ordering},
     task::{Context, Poll, Waker},
 };
 
 use bytes::Bytes;
 use futures::future::BoxFuture;
+use sync_wrapper::SyncWrapper;
 use tokio::time::Instant;
 
 use super::{
@@ -52,9 +53,10 @@ pub(crate) struct Subscription {
     /// Events missed and not yet announced.
     missed: u64,
     /// Finds where the subscription starts (Redis: follows the topics and
-    /// replays from Redis). The lanes are read once it is done. The `Mutex`
-    /// keeps the body `Sync` and is never locked (`get_mut`).
-    starting: Option<Mutex<BoxFuture<'static, Begun>>>,
+    /// replays from Redis). The lanes are read once it is done.
+    /// `SyncWrapper` keeps the body `Sync`: the future is reached only
+    /// through `&mut` (`get_mut`).
+    starting: Option<SyncWrapper<BoxFuture<'static, Begun>>>,
     /// The waker the topics hold for this stream.
     waker: Option<Waker>,
     /// It left its topics.
@@ -109,7 +111,7 @@ impl Subscription {
             let names = subscription.lanes.iter().map(|l| l.name.clone()).collect();
             let topics = subscription.lanes.iter().map(|l| l.topic.clone()).collect();
             subscription.resume = resume.clone();
-            subscription.starting = Some(Mutex::new(backend.begin(
+            subscription.starting = Some(SyncWrapper::new(backend.begin(
                 hub.clone(),
                 names,
                 topics,
@@ -189,7 +191,7 @@ impl Subscription {
                     self.high_water,
                     self.resume.clone(),
                 );
-                self.starting = Some(Mutex::new(more));
+                self.starting = Some(SyncWrapper::new(more));
             }
             return;
         }
@@ -236,7 +238,7 @@ impl Subscription {
             let Some(starting) = &mut self.starting else {
                 break;
             };
-            let starting = starting.get_mut().unwrap_or_else(PoisonError::into_inner);
+            let starting = starting.get_mut();
             // It may run the application's snapshot function, inside hyper's
             // task: never unwind there.
             let polled = catch_unwind(AssertUnwindSafe(|| starting.as_mut().poll(cx)));
@@ -315,7 +317,7 @@ impl Subscription {
                 more: false,
             }
         };
-        self.starting = Some(Mutex::new(Box::pin(taking)));
+        self.starting = Some(SyncWrapper::new(Box::pin(taking)));
         true
     }
 

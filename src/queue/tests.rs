@@ -1,7 +1,12 @@
 //! Unit tests of the queue: frames, policies, closing and the ready function waker.
 
+use std::{sync::Arc, task::Wake};
+
 use super::*;
-use crate::frame::{JOIN_LIMIT, MAX_FRAME};
+use crate::{
+    frame::{JOIN_LIMIT, MAX_FRAME},
+    sync::Ordering,
+};
 use futures::task::noop_waker_ref;
 
 /// One frame, as the body takes it (the ready function flag cleared first).

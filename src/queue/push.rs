@@ -1,0 +1,182 @@
+//! Queueing an event: [`Queue::push`] and its future, which waits for room
+//! in arrival order (a fixed buffer, or the hub's `push_waiting`).
+
+use std::{
+    future::Future,
+    pin::Pin,
+    task::{Context, Poll, ready},
+};
+
+use bytes::Bytes;
+
+use super::{Queue, ReadyPoll, Rejected, State, Waiter, WakeList};
+use crate::buffer::Policy;
+
+impl Queue {
+    /// Queues `bytes`, waiting for room under [`Policy::Wait`] (first come,
+    /// first served); see [`Push`].
+    pub(crate) fn push(&self, bytes: Bytes) -> Push<'_> {
+        Push {
+            queue: self,
+            bytes: Some(bytes),
+            waiter: None,
+            waits: self.policy == Policy::Wait,
+        }
+    }
+
+    /// Queues `bytes`, waiting in line for room whatever the policy, as a
+    /// send to a fixed buffer does: with a dropping or sliding buffer it
+    /// never drops an event (its own or one queued), and the slot it is
+    /// granted is kept for it (the other sends drop instead). The hub's
+    /// sends: it falls behind in its history, and says so, rather than lose
+    /// events, or its notices, in the buffer.
+    pub(crate) fn push_waiting(&self, bytes: Bytes) -> Push<'_> {
+        Push {
+            queue: self,
+            bytes: Some(bytes),
+            waiter: None,
+            waits: true,
+        }
+    }
+}
+
+/// The future of [`Queue::push`] and [`Queue::push_waiting`].
+///
+/// Spends tokio's cooperative budget as tokio's own channels do, so that a
+/// task sending in a loop yields now and then even when every send finds
+/// room (with a dropping or sliding buffer, always). Inside a body's poll of
+/// its own ready function (see [`ReadyPoll`]) room is taken without it: that
+/// ready function then fills whole frames, and the body bounds the poll itself.
+///
+/// Cancel safe: dropped before it completes, it queued nothing, and a slot
+/// it had been granted passes to the next waiting send.
+pub(crate) struct Push<'a> {
+    queue: &'a Queue,
+    bytes: Option<Bytes>,
+    /// Its place among the waiting sends, once it waits.
+    waiter: Option<u64>,
+    /// It waits for room when full (a fixed buffer, or `push_waiting`);
+    /// otherwise the policy drops an event.
+    waits: bool,
+}
+
+impl Future for Push<'_> {
+    type Output = Result<(), Rejected>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        let coop = if ReadyPoll::polls(this.queue) {
+            None
+        } else {
+            Some(ready!(crate::sync::poll_proceed(cx)))
+        };
+        let queue = this.queue;
+        let mut waker = None;
+        loop {
+            let mut state = queue.lock();
+            if state.closed {
+                let removed = this.leave(&mut state);
+                drop(state);
+                drop(removed);
+                return Poll::Ready(Err(Rejected::Closed));
+            }
+            let admitted = match (this.waits, this.waiter) {
+                (true, None) => state.admits_newcomer(queue.capacity),
+                (true, Some(id)) => {
+                    let position = state.waiting.iter().position(|w| w.id == id);
+                    match position {
+                        Some(at) if at < state.granted as usize => {
+                            // Its slot: the first `granted` waiters hold one each.
+                            state.waiting.remove(at);
+                            state.granted -= 1;
+                            this.waiter = None;
+                            true
+                        }
+                        _ => false,
+                    }
+                }
+                (false, _) => true,
+            };
+            if admitted {
+                let bytes = this.bytes.take().unwrap_or_default();
+                let enqueued = state.enqueue(bytes, queue.policy, queue.capacity);
+                drop(state);
+                enqueued.finish();
+                if let Some(coop) = coop {
+                    coop.made_progress();
+                }
+                return Poll::Ready(Ok(()));
+            }
+            // Wait for a slot, registered with `cx`'s waker (cloned outside the lock).
+            let slot = this
+                .waiter
+                .and_then(|id| state.waiting.iter_mut().find(|w| w.id == id));
+            if let Some(Waiter {
+                waker: Some(stored),
+                ..
+            }) = &slot
+            {
+                if stored.will_wake(cx.waker()) {
+                    return Poll::Pending;
+                }
+            }
+            let Some(new) = waker.take() else {
+                drop(state);
+                waker = Some(cx.waker().clone());
+                continue;
+            };
+            let old = match slot {
+                Some(slot) => slot.waker.replace(new),
+                None => {
+                    let id = state.next_id();
+                    state.waiting.push_back(Waiter {
+                        id,
+                        waker: Some(new),
+                    });
+                    this.waiter = Some(id);
+                    None
+                }
+            };
+            drop(state);
+            drop(old);
+            return Poll::Pending;
+        }
+    }
+}
+
+impl Push<'_> {
+    /// Leaves the waiting line (under the lock), passing on a granted slot;
+    /// returns what to drop and wake after the lock.
+    fn leave(&mut self, state: &mut State) -> (Option<Waiter>, WakeList) {
+        let mut wakes = WakeList::default();
+        let Some(id) = self.waiter.take() else {
+            return (None, wakes);
+        };
+        let Some(at) = state.waiting.iter().position(|w| w.id == id) else {
+            return (None, wakes);
+        };
+        let removed = state.waiting.remove(at);
+        if at < state.granted as usize {
+            state.granted -= 1;
+            if !state.closed {
+                // One slot freed, so at most one grant: `wakes` has room.
+                state.grant(self.queue.capacity, &mut wakes);
+            }
+        }
+        (removed, wakes)
+    }
+}
+
+impl Drop for Push<'_> {
+    fn drop(&mut self) {
+        if self.waiter.is_none() {
+            return;
+        }
+        let queue = self.queue;
+        let mut state = queue.lock();
+        let (removed, mut wakes) = self.leave(&mut state);
+        drop(state);
+        drop(removed);
+        wakes.wake_all();
+    }
+}
