@@ -23,7 +23,11 @@ use tower_sse::{Event, EventSender, SseLayer, StreamContext, hub::Hub};
 pub fn app(handle: PrometheusHandle, hub: Hub) -> Router {
     let ready = |events: EventSender, _ctx: StreamContext| async move {
         for i in 0u64.. {
-            if events.send(Event::new(i.to_string()).name("tick")).await.is_err() {
+            if events
+                .send(Event::new(i.to_string()).name("tick"))
+                .await
+                .is_err()
+            {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;

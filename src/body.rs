@@ -31,6 +31,7 @@ use crate::{
     sender::EventSender,
     stall::{Out, StallWatch},
     stats::{self, StreamTotals},
+    telemetry::StreamMetrics,
 };
 
 mod ready;
@@ -181,6 +182,10 @@ struct State {
     stall: Option<Box<StallWatch>>,
     events: u64,
     bytes: u64,
+    /// What the stats and metrics have been told of `events` and drops.
+    events_counted: u64,
+    dropped_counted: u64,
+    metrics: StreamMetrics,
     phase: Phase,
 }
 
@@ -244,12 +249,18 @@ impl EventStream {
         let span = if head {
             tracing::Span::none()
         } else {
-            tracing::debug_span!("sse_stream", uri = %ctx.uri())
+            let layer = config.name.as_deref().unwrap_or_default();
+            tracing::debug_span!("sse_stream", uri = %ctx.uri(), layer)
         };
         if !head {
             tracing::debug!(parent: &span, ?policy, capacity, "stream opened");
             stats::stream_opened(config.stats.as_ref());
         }
+        let metrics = if head {
+            StreamMetrics::none()
+        } else {
+            StreamMetrics::opened(config.name.as_deref())
+        };
         let state = State {
             source,
             ctx: Some(ctx),
@@ -264,6 +275,9 @@ impl EventStream {
             span: (!span.is_disabled()).then(|| Box::new(span)),
             events: 0,
             bytes: 0,
+            events_counted: 0,
+            dropped_counted: 0,
+            metrics,
             phase: if head {
                 Phase::Finished
             } else {
@@ -392,6 +406,25 @@ impl State {
         Poll::Ready(Ok(frame.take()))
     }
 
+    /// Counts a frame of `len` bytes handed to the connection in the stats
+    /// and metrics, with the events and drops since the last one.
+    fn count_frame(&mut self, len: u64) {
+        let events = self.events - self.events_counted;
+        self.events_counted = self.events;
+        // Only dropping and sliding buffers drop (reading it takes the lock).
+        let dropped = match &self.source {
+            Source::Queue { queue, .. } if queue.policy() != Policy::Wait => {
+                let dropped = queue.dropped();
+                let new = dropped - self.dropped_counted;
+                self.dropped_counted = dropped;
+                new
+            }
+            _ => 0,
+        };
+        stats::frame_written(self.config.stats.as_ref(), events, len, dropped);
+        self.metrics.written(events, len, dropped);
+    }
+
     fn finish(&mut self, reason: DisconnectReason) {
         if self.phase == Phase::Finished {
             return;
@@ -416,7 +449,17 @@ impl State {
             dropped,
             stalled: reason == DisconnectReason::Stalled,
         };
-        stats::stream_closed(self.config.stats.as_ref(), totals);
+        // Events and drops not counted yet (frames are counted as written).
+        let events = self.events - self.events_counted;
+        let dropped_late = dropped.saturating_sub(self.dropped_counted);
+        stats::stream_closed(
+            self.config.stats.as_ref(),
+            events,
+            dropped_late,
+            totals.stalled,
+        );
+        self.metrics.written(events, 0, dropped_late);
+        self.metrics.closed(reason);
         tracing::debug!(
             parent: self.span(),
             ?reason,
@@ -519,6 +562,7 @@ impl Body for EventStream {
             timer.reset(Instant::now() + delay);
         }
         state.bytes += bytes.len() as u64;
+        state.count_frame(bytes.len() as u64);
         let bytes = match &mut state.stall {
             Some(stall) => stall.hand_over(bytes),
             None => bytes,

@@ -21,8 +21,10 @@ pub fn active_streams() -> usize {
 
 /// Counters for the streams of one [`SseLayer`](crate::SseLayer); clones share them.
 ///
-/// `active_streams` and `streams_opened` change as streams open and close;
-/// the event, byte and drop totals are added when each stream ends.
+/// Live: the stream counts change as streams open and close, and the event,
+/// byte and drop totals as each frame is handed to the connection (drops of
+/// a fixed buffer never happen; a dropping or sliding buffer's are counted
+/// at the next frame, or when the stream ends).
 #[derive(Clone, Debug, Default)]
 pub struct SseStats {
     counters: Arc<Counters>,
@@ -65,17 +67,17 @@ impl SseStats {
         self.counters.closed.load(Relaxed)
     }
 
-    /// Events written by streams that have ended.
+    /// Events handed to the connection so far, by every stream.
     pub fn events_sent(&self) -> u64 {
         self.counters.events.load(Relaxed)
     }
 
-    /// Bytes written (events and heartbeats) by streams that have ended.
+    /// Bytes handed to the connection so far (events and heartbeats).
     pub fn bytes_sent(&self) -> u64 {
         self.counters.bytes.load(Relaxed)
     }
 
-    /// Events dropped by buffer policies on streams that have ended.
+    /// Events dropped by buffer policies so far.
     pub fn events_dropped(&self) -> u64 {
         self.counters.dropped.load(Relaxed)
     }
@@ -95,16 +97,27 @@ pub(crate) fn stream_opened(stats: Option<&SseStats>) {
     }
 }
 
-pub(crate) fn stream_closed(stats: Option<&SseStats>, totals: StreamTotals) {
+/// A frame of `bytes` went to the connection, with `events` events, and
+/// `dropped` events were dropped since the last frame.
+pub(crate) fn frame_written(stats: Option<&SseStats>, events: u64, bytes: u64, dropped: u64) {
+    if let Some(stats) = stats {
+        let counters = &stats.counters;
+        counters.events.fetch_add(events, Relaxed);
+        counters.bytes.fetch_add(bytes, Relaxed);
+        if dropped > 0 {
+            counters.dropped.fetch_add(dropped, Relaxed);
+        }
+    }
+}
+
+/// A stream ended, with `events` and `dropped` not counted by a frame yet.
+pub(crate) fn stream_closed(stats: Option<&SseStats>, events: u64, dropped: u64, stalled: bool) {
     ACTIVE_STREAMS.fetch_sub(1, Relaxed);
     if let Some(stats) = stats {
         let counters = &stats.counters;
-        counters.events.fetch_add(totals.events, Relaxed);
-        counters.bytes.fetch_add(totals.bytes, Relaxed);
-        counters.dropped.fetch_add(totals.dropped, Relaxed);
-        counters
-            .stalled
-            .fetch_add(u64::from(totals.stalled), Relaxed);
+        counters.events.fetch_add(events, Relaxed);
+        counters.dropped.fetch_add(dropped, Relaxed);
+        counters.stalled.fetch_add(u64::from(stalled), Relaxed);
         counters.closed.fetch_add(1, Relaxed);
         counters.active.fetch_sub(1, Relaxed);
     }

@@ -40,7 +40,10 @@ mod on {
             describe_gauge!("sse_active_streams", "SSE streams open now");
             describe_counter!("sse_streams_opened_total", "SSE streams opened");
             describe_counter!("sse_streams_closed_total", "SSE streams ended, by reason");
-            describe_counter!("sse_events_sent_total", "SSE events handed to the connection");
+            describe_counter!(
+                "sse_events_sent_total",
+                "SSE events handed to the connection"
+            );
             describe_counter!(
                 "sse_sent_bytes_total",
                 Unit::Bytes,
@@ -69,8 +72,11 @@ mod on {
         });
     }
 
-    /// One stream's handles, registered once when it opens.
-    pub(crate) struct StreamMetrics {
+    /// One stream's handles, registered once when it opens (none for a
+    /// HEAD request, which opens no stream).
+    pub(crate) struct StreamMetrics(Option<Handles>);
+
+    struct Handles {
         layer: String,
         active: Gauge,
         events: Counter,
@@ -79,34 +85,40 @@ mod on {
     }
 
     impl StreamMetrics {
+        pub(crate) fn none() -> Self {
+            Self(None)
+        }
+
         pub(crate) fn opened(layer: Option<&str>) -> Self {
             describe();
             let layer = layer.unwrap_or_default().to_owned();
             metrics::counter!("sse_streams_opened_total", "layer" => layer.clone()).increment(1);
             let active = metrics::gauge!("sse_active_streams", "layer" => layer.clone());
             active.increment(1.0);
-            Self {
+            Self(Some(Handles {
                 active,
                 events: metrics::counter!("sse_events_sent_total", "layer" => layer.clone()),
                 bytes: metrics::counter!("sse_sent_bytes_total", "layer" => layer.clone()),
                 dropped: metrics::counter!("sse_events_dropped_total", "layer" => layer.clone()),
                 layer,
-            }
+            }))
         }
 
         pub(crate) fn written(&self, events: u64, bytes: u64, dropped: u64) {
-            self.events.increment(events);
-            self.bytes.increment(bytes);
+            let Some(handles) = &self.0 else { return };
+            handles.events.increment(events);
+            handles.bytes.increment(bytes);
             if dropped > 0 {
-                self.dropped.increment(dropped);
+                handles.dropped.increment(dropped);
             }
         }
 
         pub(crate) fn closed(&self, reason: DisconnectReason) {
-            self.active.decrement(1.0);
+            let Some(handles) = &self.0 else { return };
+            handles.active.decrement(1.0);
             metrics::counter!(
                 "sse_streams_closed_total",
-                "layer" => self.layer.clone(),
+                "layer" => handles.layer.clone(),
                 "reason" => reason_label(reason)
             )
             .increment(1);
@@ -145,6 +157,11 @@ mod on {
     pub(crate) struct StreamMetrics;
 
     impl StreamMetrics {
+        #[inline(always)]
+        pub(crate) fn none() -> Self {
+            Self
+        }
+
         #[inline(always)]
         pub(crate) fn opened(_layer: Option<&str>) -> Self {
             Self

@@ -47,8 +47,15 @@ async fn prometheus_shows_the_streams_live_and_how_they_closed() {
         streams.push(stream);
     }
     let first = scrape(addr).await;
-    assert_eq!(sample(&first, "sse_active_streams", &ticks), Some(3.0), "{first}");
-    assert_eq!(sample(&first, "sse_streams_opened_total", &ticks), Some(3.0));
+    assert_eq!(
+        sample(&first, "sse_active_streams", &ticks),
+        Some(3.0),
+        "{first}"
+    );
+    assert_eq!(
+        sample(&first, "sse_streams_opened_total", &ticks),
+        Some(3.0)
+    );
     let events_then = sample(&first, "sse_events_sent_total", &ticks).unwrap();
     let bytes_then = sample(&first, "sse_sent_bytes_total", &ticks).unwrap();
     assert!(events_then >= 3.0, "{first}");
@@ -61,7 +68,9 @@ async fn prometheus_shows_the_streams_live_and_how_they_closed() {
     let second = scrape(addr).await;
     let events_now = sample(&second, "sse_events_sent_total", &ticks).unwrap();
     let bytes_now = sample(&second, "sse_sent_bytes_total", &ticks).unwrap();
-    println!("while running: events {events_then} -> {events_now}, bytes {bytes_then} -> {bytes_now}");
+    println!(
+        "while running: events {events_then} -> {events_now}, bytes {bytes_then} -> {bytes_now}"
+    );
     assert!(events_now >= events_then + 9.0, "{second}");
     assert!(bytes_now > bytes_then, "{second}");
     assert_eq!(sample(&second, "sse_active_streams", &ticks), Some(3.0));
@@ -76,8 +85,16 @@ async fn prometheus_shows_the_streams_live_and_how_they_closed() {
         }
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
-    assert_eq!(sample(&last, "sse_streams_closed_total", &closed), Some(3.0), "{last}");
-    assert_eq!(sample(&last, "sse_active_streams", &ticks), Some(0.0), "{last}");
+    assert_eq!(
+        sample(&last, "sse_streams_closed_total", &closed),
+        Some(3.0),
+        "{last}"
+    );
+    assert_eq!(
+        sample(&last, "sse_active_streams", &ticks),
+        Some(0.0),
+        "{last}"
+    );
 
     // The hub: a publish, delivered to one stream.
     let mut news = events(fetch(addr, "/news").await);
@@ -90,8 +107,15 @@ async fn prometheus_shows_the_streams_live_and_how_they_closed() {
     assert_eq!(published.text().await.unwrap(), "published\n");
     assert_eq!(next_event(&mut news).await.unwrap().data, "hello");
     let hub_text = scrape(addr).await;
-    assert_eq!(sample(&hub_text, "sse_hub_published_total", &[]), Some(1.0), "{hub_text}");
-    assert_eq!(sample(&hub_text, "sse_active_streams", &[("layer", "news")]), Some(1.0));
+    assert_eq!(
+        sample(&hub_text, "sse_hub_published_total", &[]),
+        Some(1.0),
+        "{hub_text}"
+    );
+    assert_eq!(
+        sample(&hub_text, "sse_active_streams", &[("layer", "news")]),
+        Some(1.0)
+    );
     assert_eq!(
         sample(&hub_text, "sse_hub_delivery_seconds_count", &[]),
         Some(1.0),

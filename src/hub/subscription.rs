@@ -18,7 +18,7 @@ use super::{
     Hub, LAGGED_EVENT, LagPolicy, MAX_BATCH, RESET_EVENT, Resume, TooManyTopics,
     topic::{Key, Topic},
 };
-use crate::{Event, frame::MAX_FRAME};
+use crate::{Event, frame::MAX_FRAME, telemetry};
 
 /// The stream must end: it fell behind under [`LagPolicy::Close`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -177,6 +177,9 @@ impl Subscription {
         if begun.reset && self.snapshot() {
             return;
         }
+        if begun.reset {
+            telemetry::hub_reset();
+        }
         self.high_water = self.high_water.max(begun.after);
         #[cfg(feature = "redis")]
         if begun.more {
@@ -205,6 +208,7 @@ impl Subscription {
     /// lag notice.
     pub(crate) fn missed(&mut self, count: u64) {
         self.hub.inner.lagged.fetch_add(count, Ordering::Relaxed);
+        telemetry::hub_lagged(count);
         self.missed += count;
     }
 
@@ -342,6 +346,9 @@ impl Subscription {
         // What each ring has for this stream, read one ring at a time (a
         // stream never holds two rings' locks): (key, lane, index, bytes).
         let mut found: Vec<(Key, usize, u64, Bytes)> = Vec::new();
+        // When each event found was published, for the delivery histogram.
+        #[cfg(feature = "metrics")]
+        let mut published = Vec::new();
         let mut missed = 0;
         for (i, lane) in self.lanes.iter_mut().enumerate() {
             let ring = lane.topic.read();
@@ -362,14 +369,24 @@ impl Subscription {
                     lane.cursor = index + 1;
                 } else {
                     found.push((entry.key, i, index, entry.bytes.clone()));
+                    #[cfg(feature = "metrics")]
+                    published.push(entry.at);
                     taken += 1;
                     bytes += entry.bytes.len();
                 }
                 index += 1;
             }
         }
+        #[cfg(feature = "metrics")]
+        {
+            let now = Instant::now();
+            for at in published {
+                telemetry::hub_delivery(now.saturating_duration_since(at));
+            }
+        }
         if missed > 0 {
             inner.lagged.fetch_add(missed, Ordering::Relaxed);
+            telemetry::hub_lagged(missed);
             tracing::debug!(missed, "subscriber lagged");
             if inner.lag == LagPolicy::Close {
                 return Err(Lagged);
