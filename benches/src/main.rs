@@ -3,10 +3,14 @@
 //! re-executed in a role).
 //!
 //! ```text
-//! cargo run --release -p tower-sse-benches --bin load -- loopback [options]
-//! cargo run --release -p tower-sse-benches --bin load -- fanout [options]
-//! cargo run --release -p tower-sse-benches --features redis --bin load -- fanout [options]
+//! cargo bench -p tower-sse-benches --all-features --no-run   # builds release/load
+//! target/release/load loopback [options]
+//! target/release/load fanout [options]
 //! ```
+//!
+//! (`cargo run --release -p tower-sse-benches --features redis --bin load --
+//! …` works too, but builds without the dev-dependencies' features, so its
+//! binary is not quite the one `cargo bench` and CI build.)
 //!
 //! - `loopback`: one producer per stream; tower-sse against
 //!   `axum::response::sse::Sse` and a raw hyper body (`loopback/mod.rs`

@@ -2,12 +2,12 @@
 //! published at a fixed rate.
 //!
 //! ```text
-//! load=(cargo run --release -p tower-sse-benches --bin load --)
-//! "${load[@]}" fanout                 # 10,000 subscribers at 5, 50, 200 events/s
-//! cargo run --release -p tower-sse-benches --features redis --bin load -- fanout
-//!                                     # plus 1,000 subscribers on two Redis nodes
-//! "${load[@]}" fanout --quick         # CI smoke run (500 subscribers, 1 s): 8-15 s
-//! "${load[@]}" fanout --runs 1 --subscribers 2000 --rates 20 --secs 3 \
+//! cargo bench -p tower-sse-benches --all-features --no-run   # builds release/load
+//! load=${CARGO_TARGET_DIR:-target}/release/load
+//! $load fanout --sections memory     # 10,000 subscribers at 5, 50, 200 events/s
+//! $load fanout                       # plus 1,000 subscribers on two Redis nodes
+//! $load fanout --quick               # CI smoke run (500 subscribers, 1 s): 8-15 s
+//! $load fanout --runs 1 --subscribers 2000 --rates 20 --secs 3 \
 //!     --impls hub,broadcast,layer-broadcast --sections memory
 //! ```
 //!

@@ -3,12 +3,13 @@
 //! yields pre-encoded bytes (the reference).
 //!
 //! ```text
-//! load=(cargo run --release -p tower-sse-benches --bin load --)
-//! "${load[@]}" loopback                       # every scenario, 5 interleaved runs
-//! "${load[@]}" loopback --quick               # a few seconds: CI's smoke run
-//! "${load[@]}" loopback --runs 7 --scenarios small,fanout \
+//! cargo bench -p tower-sse-benches --all-features --no-run   # builds release/load
+//! load=${CARGO_TARGET_DIR:-target}/release/load
+//! $load loopback                       # every scenario, 5 interleaved runs
+//! $load loopback --quick               # a few seconds: CI's smoke run
+//! $load loopback --runs 7 --scenarios small,fanout \
 //!     --impls tower-sse,axum-sse,raw-hyper,raw-join --capacity 64
-//! "${load[@]}" loopback --scenarios small --size 1024 --events 500000
+//! $load loopback --scenarios small --size 1024 --events 500000
 //! ```
 //!
 //! Options: `--runs N` (5; 1 with `--quick`), `--quick`, `--scenarios
