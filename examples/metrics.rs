@@ -12,10 +12,7 @@
 
 use std::time::Duration;
 
-use axum::{
-    Router,
-    routing::{get, post},
-};
+use axum::{Router, routing::get};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tower_sse::{Event, EventSender, SseLayer, StreamContext, hub::Hub};
 

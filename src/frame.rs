@@ -12,7 +12,7 @@ pub(crate) const MAX_FRAME: usize = 64 * 1024;
 /// frames with one vectored write). Joining saves hyper its per-frame work,
 /// which outweighs the copy for small events only: over loopback, joining
 /// 1-2 KiB events was 1.4-2.2x faster than one frame each, joining 3-16 KiB
-/// events 0.5-0.9x (`cargo bench --bench loopback`, `raw-join` vs `raw-hyper`).
+/// events 0.5-0.9x (`load loopback` of `benches/`, `raw-join` vs `raw-hyper`).
 pub(crate) const JOIN_LIMIT: usize = 2 * 1024;
 
 /// A frame being gathered from the queue: one event as it was encoded (no

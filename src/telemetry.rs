@@ -21,13 +21,11 @@
 //!
 //! Without the feature, every hook here is empty and the handles hold nothing.
 
-use std::time::Duration;
-
 use crate::DisconnectReason;
 
 #[cfg(feature = "metrics")]
 mod on {
-    use std::sync::Once;
+    use std::{sync::Once, time::Duration};
 
     use metrics::{Counter, Gauge, Unit};
 
@@ -185,9 +183,6 @@ mod on {
 
     #[inline(always)]
     pub(crate) fn hub_reset() {}
-
-    #[inline(always)]
-    pub(crate) fn hub_delivery(_latency: Duration) {}
 }
 
 pub(crate) use on::*;

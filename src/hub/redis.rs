@@ -182,6 +182,7 @@ impl Backend {
             .query_async::<String>(&mut conn)
             .await
             .map_err(|err| PublishError::Unavailable(Box::new(err)))
+            .inspect(|_| crate::telemetry::hub_published(stored.len()))
     }
 
     /// Where a subscription starts, once this node follows its topics: in

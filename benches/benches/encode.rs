@@ -2,7 +2,7 @@
 //! (send, queue, body) without a socket.
 //!
 //! ```text
-//! cargo bench --bench encode                 # everything
+//! cargo bench --bench encode                 # everything (at the root, or -p tower-sse-benches)
 //! cargo bench --bench encode -- encode/64B   # one group
 //! ```
 //!
@@ -128,15 +128,20 @@ fn tower_pipeline(
         let body = start_stream(ready, ctx, Duration::from_secs(10), capacity)
             .into_http()
             .into_body();
-        let mut body = std::pin::pin!(body);
-        let start = Instant::now();
-        let mut bytes = 0;
-        while let Some(frame) = body.frame().await {
-            bytes += frame.map_or(0, |f| f.into_data().map_or(0, |d| d.len()));
-        }
-        black_box(bytes);
-        start.elapsed()
+        read_to_end(body).await
     })
+}
+
+/// Reads a body to its end; the time it took.
+async fn read_to_end<B: http_body::Body<Data = bytes::Bytes>>(body: B) -> Duration {
+    let mut body = std::pin::pin!(body);
+    let start = Instant::now();
+    let mut bytes = 0;
+    while let Some(frame) = body.frame().await {
+        bytes += frame.map_or(0, |f| f.into_data().map_or(0, |d| d.len()));
+    }
+    black_box(bytes);
+    start.elapsed()
 }
 
 /// The same through axum's `Sse` over an mpsc channel, with `KeepAlive`.
@@ -158,17 +163,11 @@ fn axum_pipeline(
         let stream = futures::stream::poll_fn(move |cx| {
             rx.poll_recv(cx).map(|event| event.map(Ok::<_, Infallible>))
         });
-        let mut body = Sse::new(stream)
+        let body = Sse::new(stream)
             .keep_alive(KeepAlive::new().interval(Duration::from_secs(10)))
             .into_response()
             .into_body();
-        let start = Instant::now();
-        let mut bytes = 0;
-        while let Some(frame) = body.frame().await {
-            bytes += frame.map_or(0, |f| f.into_data().map_or(0, |d| d.len()));
-        }
-        black_box(bytes);
-        start.elapsed()
+        read_to_end(body).await
     })
 }
 
