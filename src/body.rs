@@ -23,7 +23,6 @@ use crate::{
     StreamContext,
     buffer::Policy,
     config::StreamConfig,
-    event::HEARTBEAT,
     frame::FrameBuilder,
     hub::Lagged,
     hub::Subscription,
@@ -182,6 +181,8 @@ struct State {
     stall: Option<Box<StallWatch>>,
     events: u64,
     bytes: u64,
+    /// The layer's `retry` field, until it is written.
+    first_frame: Option<Bytes>,
     /// What the stats and metrics have been told of `events` and drops.
     events_counted: u64,
     dropped_counted: u64,
@@ -261,7 +262,13 @@ impl EventStream {
         } else {
             StreamMetrics::opened(config.name.as_deref())
         };
+        let first_frame = if head {
+            None
+        } else {
+            config.first_frame.clone()
+        };
         let state = State {
+            first_frame,
             source,
             ctx: Some(ctx),
             shutdown: config
@@ -349,7 +356,7 @@ impl State {
             return None;
         }
         timer.reset(Instant::now() + delay);
-        Some(Bytes::from_static(HEARTBEAT))
+        Some(self.config.heartbeat_comment.clone())
     }
 
     /// Gathers one frame: what is queued and, for a body-polled ready
@@ -370,7 +377,7 @@ impl State {
             let mut rest: usize = read.iter().map(Bytes::len).sum();
             for bytes in read {
                 rest -= bytes.len();
-                if bytes.as_ref() != HEARTBEAT {
+                if bytes != self.config.heartbeat_comment {
                     self.events += 1;
                 }
                 frame.push(bytes, rest);
@@ -382,7 +389,7 @@ impl State {
             let Source::Queue { queue, .. } = &self.source else {
                 break;
             };
-            match queue.poll_recv(cx, HEARTBEAT, &mut frame) {
+            match queue.poll_recv(cx, &self.config.heartbeat_comment, &mut frame) {
                 Poll::Ready(Ok(taken)) => {
                     self.events += taken as u64;
                     if frame.is_full() || !queue.ready_woken() {
@@ -534,27 +541,31 @@ impl Body for EventStream {
                 }
             }
         }
-        let bytes = match state.poll_events(cx) {
-            Poll::Ready(Ok(bytes)) => bytes,
-            Poll::Ready(Err(ended)) => match (state.phase, &state.config.shutdown_event) {
-                (Phase::ShuttingDown { event_sent: false }, Some(event)) => {
-                    state.phase = Phase::ShuttingDown { event_sent: true };
-                    event.clone()
-                }
-                (phase, _) => {
-                    state.finish(match ended {
-                        _ if phase != Phase::Streaming => DisconnectReason::Shutdown,
-                        Ended::Completed => DisconnectReason::Completed,
-                        Ended::Panicked => DisconnectReason::Panicked,
-                        Ended::Lagged => DisconnectReason::Lagged,
-                    });
-                    this.timer.set(None);
-                    return Poll::Ready(None);
-                }
-            },
-            Poll::Pending => match state.poll_heartbeat(this.timer.as_mut(), cx) {
-                Some(heartbeat) => heartbeat,
-                None => return Poll::Pending,
+        // The layer's `retry`, before anything else.
+        let bytes = match state.first_frame.take() {
+            Some(first) => first,
+            None => match state.poll_events(cx) {
+                Poll::Ready(Ok(bytes)) => bytes,
+                Poll::Ready(Err(ended)) => match (state.phase, &state.config.shutdown_event) {
+                    (Phase::ShuttingDown { event_sent: false }, Some(event)) => {
+                        state.phase = Phase::ShuttingDown { event_sent: true };
+                        event.clone()
+                    }
+                    (phase, _) => {
+                        state.finish(match ended {
+                            _ if phase != Phase::Streaming => DisconnectReason::Shutdown,
+                            Ended::Completed => DisconnectReason::Completed,
+                            Ended::Panicked => DisconnectReason::Panicked,
+                            Ended::Lagged => DisconnectReason::Lagged,
+                        });
+                        this.timer.set(None);
+                        return Poll::Ready(None);
+                    }
+                },
+                Poll::Pending => match state.poll_heartbeat(this.timer.as_mut(), cx) {
+                    Some(heartbeat) => heartbeat,
+                    None => return Poll::Pending,
+                },
             },
         };
         if let (Some(timer), Some(delay)) = (this.timer.as_pin_mut(), state.config.heartbeat()) {

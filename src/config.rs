@@ -9,7 +9,8 @@ use futures::future::BoxFuture;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    Buffer, DisconnectReason, Event, EventSender, StreamContext, hub::HubSource, stats::SseStats,
+    Buffer, DisconnectReason, Event, EventSender, StreamContext, event::HEARTBEAT, hub::HubSource,
+    stats::SseStats,
 };
 
 pub(crate) type ReadyFn =
@@ -42,6 +43,10 @@ pub(crate) struct StreamConfig {
     pub(crate) last_event_id_query: Option<Arc<str>>,
     /// The `layer` label of the streams' metrics.
     pub(crate) name: Option<Arc<str>>,
+    /// The comment written as a heartbeat (Pedestal's `: `).
+    pub(crate) heartbeat_comment: Bytes,
+    /// Written before the first event: a `retry` field, if set.
+    pub(crate) first_frame: Option<Bytes>,
 }
 
 impl StreamConfig {
@@ -64,12 +69,30 @@ impl StreamConfig {
             connection_close: true,
             last_event_id_query: None,
             name: None,
+            heartbeat_comment: Bytes::from_static(HEARTBEAT),
+            first_frame: None,
         }
     }
 
     /// The heartbeat delay, unless heartbeats are off.
     pub(crate) fn heartbeat(&self) -> Option<Duration> {
         Some(self.heartbeat).filter(|delay| !delay.is_zero())
+    }
+
+    /// A heartbeat of comment lines `: {line}`, one per line of `text`.
+    pub(crate) fn set_heartbeat_comment(&mut self, text: &str) {
+        let mut comment = Vec::with_capacity(text.len() + 4);
+        for line in text.split("\r\n").flat_map(|line| line.split(['\r', '\n'])) {
+            comment.extend_from_slice(b": ");
+            comment.extend_from_slice(line.as_bytes());
+            comment.extend_from_slice(b"\r\n");
+        }
+        self.heartbeat_comment = Bytes::from(comment);
+    }
+
+    /// Sends `retry: delay` before the first event of every stream.
+    pub(crate) fn set_retry(&mut self, delay: Duration) {
+        self.first_frame = Event::default().retry(delay).encode().ok();
     }
 
     pub(crate) fn set_shutdown_event(&mut self, event: Event) {

@@ -266,6 +266,35 @@ impl SseLayer {
         self
     }
 
+    /// The text of each heartbeat comment: `: ping` for `"ping"`, instead of
+    /// Pedestal's empty `: ` (the default), for proxies and clients that look
+    /// for one. `EventSource` ignores comments either way; a line break in
+    /// `text` makes several comment lines.
+    ///
+    /// ```
+    /// let layer = tower_sse::SseLayer::new(|_events, _ctx| async {}).heartbeat_comment("ping");
+    /// # let _ = layer;
+    /// ```
+    pub fn heartbeat_comment(mut self, text: &str) -> Self {
+        Arc::make_mut(&mut self.config).set_heartbeat_comment(text);
+        self
+    }
+
+    /// Sends `retry: delay` (whole milliseconds) at the start of every
+    /// stream, before its first event: how long a browser waits before it
+    /// reconnects. Without it, browsers use their own delay (about 3 s)
+    /// unless an event sets one.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let layer = tower_sse::SseLayer::new(|_events, _ctx| async {}).retry(Duration::from_secs(5));
+    /// # let _ = layer;
+    /// ```
+    pub fn retry(mut self, delay: Duration) -> Self {
+        Arc::make_mut(&mut self.config).set_retry(delay);
+        self
+    }
+
     /// Names the layer: the `layer` label of its streams' metrics (feature
     /// `metrics`; see the table in the crate docs) and a field of their
     /// tracing spans.

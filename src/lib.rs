@@ -64,6 +64,8 @@
 //! - `redis`: the hub on Redis Streams.
 //! - `testing`: [`testing`], a kit that drives a service in-process and
 //!   reads its stream as a browser would.
+//! - `metrics`: live series through the `metrics` facade (the table is in
+//!   `src/telemetry.rs` and the README); [`SseLayer::name`] labels them.
 //!
 //! # Beyond Pedestal
 //!

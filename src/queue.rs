@@ -301,7 +301,7 @@ impl Queue {
     pub(crate) fn poll_recv(
         &self,
         cx: &mut Context<'_>,
-        heartbeat: &'static [u8],
+        heartbeat: &Bytes,
         frame: &mut FrameBuilder,
     ) -> Poll<Result<usize, Ended>> {
         // A clone of `cx`'s waker, made outside the lock when it must be stored.
@@ -312,7 +312,7 @@ impl Queue {
             // many requests, and never past the size cap.
             if state.heartbeat_requested && frame.is_empty() {
                 state.heartbeat_requested = false;
-                frame.push(Bytes::from_static(heartbeat), 0);
+                frame.push(heartbeat.clone(), 0);
             }
             let mut taken = 0;
             while let Some(next) = state.events.front() {

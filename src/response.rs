@@ -168,6 +168,20 @@ impl SseResponse {
         self
     }
 
+    /// The text of each heartbeat comment, as
+    /// [`SseLayer::heartbeat_comment`](crate::SseLayer::heartbeat_comment) does.
+    pub fn heartbeat_comment(mut self, text: &str) -> Self {
+        self.config.set_heartbeat_comment(text);
+        self
+    }
+
+    /// Sends `retry: delay` before the first event, as
+    /// [`SseLayer::retry`](crate::SseLayer::retry) does.
+    pub fn retry(mut self, delay: Duration) -> Self {
+        self.config.set_retry(delay);
+        self
+    }
+
     /// Names the stream's metrics (their `layer` label), as
     /// [`SseLayer::name`](crate::SseLayer::name) does.
     pub fn name(mut self, name: &str) -> Self {

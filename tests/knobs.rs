@@ -1,6 +1,6 @@
 //! The layer's knobs over loopback TCP: `Last-Event-ID` from a query
-//! parameter, and `Connection: close` turned off so a reconnect reuses the
-//! connection.
+//! parameter, `Connection: close` turned off so a reconnect reuses the
+//! connection, the heartbeat's text, and a `retry` before the first event.
 
 mod common;
 
@@ -123,4 +123,39 @@ async fn connection_close_by_default_ends_the_connection_with_the_stream() {
         matches!(read, Ok(Ok(0))),
         "the connection stayed open: {read:?}"
     );
+}
+
+#[tokio::test]
+async fn the_heartbeat_comment_can_say_ping() {
+    let ready = |events: EventSender, _ctx: StreamContext| async move {
+        tokio::time::sleep(Duration::from_millis(120)).await;
+        let _ = events.send(Event::new("after")).await;
+    };
+    let layer = in_mode(SseLayer::new(ready))
+        .heartbeat(Duration::from_millis(50))
+        .heartbeat_comment("ping");
+    let addr = serve(Router::new().route("/e", get(|| async {}).layer(layer))).await;
+    let (_head, body) = raw_get(addr, "/e").await;
+    let body = String::from_utf8(body).unwrap();
+    assert!(body.starts_with(": ping\r\n"), "{body:?}");
+    assert!(body.ends_with("data: after\r\n\r\n"), "{body:?}");
+    assert!(!body.contains(": \r\n"), "a default heartbeat: {body:?}");
+    // The independent parser sees the one event, the comments ignored.
+    let events = all_events(fetch(addr, "/e").await).await;
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].data, "after");
+}
+
+#[tokio::test]
+async fn a_retry_goes_out_before_the_first_event() {
+    let layer = in_mode(one_event()).retry(Duration::from_millis(2500));
+    let addr = serve(Router::new().route("/e", get(|| async {}).layer(layer))).await;
+    let (_head, body) = raw_get(addr, "/e").await;
+    assert_eq!(
+        String::from_utf8(body).unwrap(),
+        "retry: 2500\r\n\r\ndata: hello\r\n\r\n"
+    );
+    let events = all_events(fetch(addr, "/e").await).await;
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].data, "hello");
 }

@@ -92,7 +92,9 @@ fn check(preemptions: Option<usize>, model: impl Fn() + Sync + Send + 'static) {
 fn recv_frame(queue: &Queue, frame: &mut FrameBuilder) -> Result<Vec<Tag>, Ended> {
     loop {
         queue.take_ready_wake();
-        let taken = block_on(poll_fn(|cx| queue.poll_recv(cx, HEARTBEAT, frame)))?;
+        let taken = block_on(poll_fn(|cx| {
+            queue.poll_recv(cx, &Bytes::from_static(HEARTBEAT), frame)
+        }))?;
         if taken == 0 {
             // Only the initial ready function flag: nobody else wakes it here.
             continue;

@@ -14,7 +14,7 @@ fn poll_frame(queue: &Queue, frame: &mut FrameBuilder) -> Poll<Result<(Bytes, us
     let mut cx = Context::from_waker(noop_waker_ref());
     queue.take_ready_wake();
     queue
-        .poll_recv(&mut cx, b": \r\n", frame)
+        .poll_recv(&mut cx, &Bytes::from_static(b": \r\n"), frame)
         .map(|r| r.map(|events| (frame.take(), events)))
 }
 
@@ -122,7 +122,7 @@ fn a_frame_gathers_across_refills_up_to_the_cap() {
         for _ in 0..2 {
             queue.try_push(event.clone()).unwrap();
         }
-        match queue.poll_recv(&mut cx, b": \r\n", &mut frame) {
+        match queue.poll_recv(&mut cx, &Bytes::from_static(b": \r\n"), &mut frame) {
             Poll::Ready(Ok(n)) => taken += n,
             other => panic!("unexpected {other:?}"),
         }
@@ -144,17 +144,20 @@ fn the_queue_is_the_waker_of_a_body_polled_ready_function() {
     let mut cx = Context::from_waker(&body_waker);
     // Flagged at first, so that the body polls the ready function before waiting.
     assert_eq!(
-        queue.poll_recv(&mut cx, b"", &mut frame),
+        queue.poll_recv(&mut cx, &Bytes::new(), &mut frame),
         Poll::Ready(Ok(0))
     );
     assert!(queue.take_ready_wake());
-    assert_eq!(queue.poll_recv(&mut cx, b"", &mut frame), Poll::Pending);
+    assert_eq!(
+        queue.poll_recv(&mut cx, &Bytes::new(), &mut frame),
+        Poll::Pending
+    );
     // The ready function's waker flags it and wakes the body, once.
     Waker::from(queue.clone()).wake();
     assert!(body.0.swap(false, Ordering::SeqCst));
     assert!(queue.ready_woken());
     assert_eq!(
-        queue.poll_recv(&mut cx, b"", &mut frame),
+        queue.poll_recv(&mut cx, &Bytes::new(), &mut frame),
         Poll::Ready(Ok(0))
     );
     assert!(queue.take_ready_wake());

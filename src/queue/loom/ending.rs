@@ -121,7 +121,9 @@ fn a_ready_function_wake_is_never_lost() {
         };
         let mut frame = FrameBuilder::default();
         // Nothing but the ready function's wake can end this wait.
-        let polled = block_on(poll_fn(|cx| queue.poll_recv(cx, HEARTBEAT, &mut frame)));
+        let polled = block_on(poll_fn(|cx| {
+            queue.poll_recv(cx, &Bytes::from_static(HEARTBEAT), &mut frame)
+        }));
         assert_eq!(polled, Ok(0));
         assert!(queue.take_ready_wake());
         ready_fn.join().unwrap();
