@@ -57,6 +57,32 @@ async fn a_thousand_events_through_a_buffer_of_ten() {
     assert_eq!(stats.active_streams(), 0);
 }
 
+/// `SseStats` moves while a stream runs: events and bytes are counted as
+/// frames are handed to the connection, not when the stream ends.
+#[tokio::test]
+async fn stats_count_events_and_bytes_while_the_stream_runs() {
+    let ready = |events: EventSender, _ctx: StreamContext| async move {
+        for i in 0..3 {
+            let _ = events.send(Event::new(i.to_string())).await;
+        }
+        events.closed().await; // open until the client leaves
+    };
+    let layer = SseLayer::new(ready);
+    let stats = layer.stats();
+    let addr = serve(route_in_mode(layer)).await;
+    let mut events = events(fetch(addr, "/events").await);
+    for _ in 0..3 {
+        next_event(&mut events).await.unwrap();
+    }
+    assert_eq!(stats.active_streams(), 1);
+    assert_eq!(stats.events_sent(), 3);
+    // "data: 0\r\n\r\n" is 11 bytes; heartbeats may add to it.
+    assert!(stats.bytes_sent() >= 33, "{}", stats.bytes_sent());
+    drop(events);
+    eventually("the stream's end", || stats.streams_closed() == 1).await;
+    assert_eq!(stats.events_sent(), 3);
+}
+
 #[tokio::test]
 async fn senders_in_other_tasks_and_threads_keep_the_stream_open() {
     let ready = |events: EventSender, _ctx: StreamContext| async move {
