@@ -12,11 +12,11 @@ use std::{
     time::Duration,
 };
 
-use axum::{Router, body::Body, routing::get};
+use axum::{Router, routing::get};
 use common::*;
-use http::{Request, StatusCode};
-use http_body_util::BodyExt;
-use tower::ServiceExt;
+use http::StatusCode;
+#[cfg(feature = "testing")]
+use tower_sse::testing::{TestBody, TestClient};
 use tower_sse::{
     Buffer,
     hub::{Hub, PublishError, RESET_EVENT, Refusal},
@@ -30,15 +30,13 @@ fn app(hub: &Hub) -> Router {
     Router::new().route("/topics/{name}", get(|| async {}).layer(layer))
 }
 
-/// Opens a stream in-process (no TCP), reads its first frame if one comes
-/// within `wait`, and ends it.
+/// Opens a stream in-process (no TCP) with the test kit, reads its first
+/// item if one comes within `wait`, and ends it.
+#[cfg(feature = "testing")]
 async fn open_and_close(app: &Router, path: &str, wait: Duration) -> StatusCode {
-    let request = Request::get(path).body(Body::empty()).unwrap();
-    let response = app.clone().oneshot(request).await.unwrap();
-    let status = response.status();
-    let mut body = response.into_body();
-    let _ = tokio::time::timeout(wait, body.frame()).await;
-    status
+    let mut stream = TestClient::new(app.clone()).get(path).await;
+    let _ = tokio::time::timeout(wait, stream.next()).await;
+    stream.status()
 }
 
 #[tokio::test]
@@ -89,12 +87,12 @@ async fn a_refused_request_gets_the_refusal_and_never_reaches_the_handler() {
     assert_eq!((first.data.as_str(), second.data.as_str()), ("hi", "bye"));
 }
 
+#[cfg(feature = "testing")]
 #[tokio::test]
 async fn a_head_request_gets_the_head_and_takes_no_place_in_the_hub() {
     let hub = Hub::new();
-    let app = app(&hub);
-    let request = Request::head("/topics/a").body(Body::empty()).unwrap();
-    let response = app.oneshot(request).await.unwrap();
+    let request = http::Request::head("/topics/a").body(TestBody).unwrap();
+    let response = TestClient::new(app(&hub)).send(request).await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(
         response.headers()["content-type"],
@@ -105,6 +103,7 @@ async fn a_head_request_gets_the_head_and_takes_no_place_in_the_hub() {
 
 /// Defect 3 of issue 12: 10,000 short subscriptions to distinct topics
 /// left 10,000 topics behind.
+#[cfg(feature = "testing")]
 #[tokio::test]
 async fn topics_with_no_stream_and_no_history_go() {
     let hub = Hub::new();
@@ -126,6 +125,7 @@ async fn topics_with_no_stream_and_no_history_go() {
 /// Topics published to keep their history until `max_age`, then go, even
 /// if nothing touches them again: the hub stays flat over 100,000
 /// short-lived topics.
+#[cfg(feature = "testing")]
 #[tokio::test]
 async fn expired_topics_go_and_memory_stays_flat_over_100_000_topics() {
     let age = Duration::from_millis(50);
