@@ -29,7 +29,7 @@ use crate::{
     queue::{Ended, Queue},
     sender::EventSender,
     stall::{Out, StallWatch},
-    stats::{self, StreamTotals},
+    stats,
     telemetry::StreamMetrics,
 };
 
@@ -181,8 +181,8 @@ struct State {
     stall: Option<Box<StallWatch>>,
     events: u64,
     bytes: u64,
-    /// The layer's `retry` field, until it is written.
-    first_frame: Option<Bytes>,
+    /// The layer's `retry` field (`config.first_frame`) is still to be written.
+    first_pending: bool,
     /// What the stats and metrics have been told of `events` and drops.
     events_counted: u64,
     dropped_counted: u64,
@@ -262,13 +262,8 @@ impl EventStream {
         } else {
             StreamMetrics::opened(config.name.as_deref())
         };
-        let first_frame = if head {
-            None
-        } else {
-            config.first_frame.clone()
-        };
         let state = State {
-            first_frame,
+            first_pending: !head && config.first_frame.is_some(),
             source,
             ctx: Some(ctx),
             shutdown: config
@@ -413,9 +408,10 @@ impl State {
         Poll::Ready(Ok(frame.take()))
     }
 
-    /// Counts a frame of `len` bytes handed to the connection in the stats
-    /// and metrics, with the events and drops since the last one.
-    fn count_frame(&mut self, len: u64) {
+    /// Counts `len` bytes handed to the connection (a frame, or nothing at
+    /// the end) in the stats and metrics, with the events and drops since
+    /// the last count.
+    fn count_written(&mut self, len: u64) {
         let events = self.events - self.events_counted;
         self.events_counted = self.events;
         // Only dropping and sliding buffers drop (reading it takes the lock).
@@ -437,42 +433,28 @@ impl State {
             return;
         }
         self.phase = Phase::Finished;
-        let dropped = match &self.source {
-            Source::Queue { queue, .. } => {
-                queue.close_receiver();
-                queue.dropped()
-            }
-            Source::Hub { .. } => 0,
-        };
+        if let Source::Queue { queue, .. } = &self.source {
+            queue.close_receiver();
+        }
         self.stop_ready_fn();
         if let Source::Hub { subscription, .. } = &mut self.source {
             // Leaves the topics now, not when the body is dropped.
             subscription.close();
         }
         self.shutdown = None;
-        let totals = StreamTotals {
-            events: self.events,
-            bytes: self.bytes,
-            dropped,
-            stalled: reason == DisconnectReason::Stalled,
-        };
-        // Events and drops not counted yet (frames are counted as written).
-        let events = self.events - self.events_counted;
-        let dropped_late = dropped.saturating_sub(self.dropped_counted);
+        // What the last frame did not count (a fixed buffer never drops).
+        self.count_written(0);
         stats::stream_closed(
             self.config.stats.as_ref(),
-            events,
-            dropped_late,
-            totals.stalled,
+            reason == DisconnectReason::Stalled,
         );
-        self.metrics.written(events, 0, dropped_late);
         self.metrics.closed(reason);
         tracing::debug!(
             parent: self.span(),
             ?reason,
-            events = totals.events,
-            bytes = totals.bytes,
-            dropped = totals.dropped,
+            events = self.events,
+            bytes = self.bytes,
+            dropped = self.dropped_counted,
             "stream closed"
         );
         if let (Some(callback), Some(ctx)) = (&self.config.on_disconnect, &self.ctx) {
@@ -542,7 +524,10 @@ impl Body for EventStream {
             }
         }
         // The layer's `retry`, before anything else.
-        let bytes = match state.first_frame.take() {
+        let first = std::mem::take(&mut state.first_pending)
+            .then(|| state.config.first_frame.clone())
+            .flatten();
+        let bytes = match first {
             Some(first) => first,
             None => match state.poll_events(cx) {
                 Poll::Ready(Ok(bytes)) => bytes,
@@ -573,7 +558,7 @@ impl Body for EventStream {
             timer.reset(Instant::now() + delay);
         }
         state.bytes += bytes.len() as u64;
-        state.count_frame(bytes.len() as u64);
+        state.count_written(bytes.len() as u64);
         let bytes = match &mut state.stall {
             Some(stall) => stall.hand_over(bytes),
             None => bytes,

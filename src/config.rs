@@ -9,7 +9,9 @@ use futures::future::BoxFuture;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    Buffer, DisconnectReason, Event, EventSender, StreamContext, event::HEARTBEAT, hub::HubSource,
+    Buffer, DisconnectReason, Event, EventSender, StreamContext,
+    event::{HEARTBEAT, comment_lines},
+    hub::HubSource,
     stats::SseStats,
 };
 
@@ -81,13 +83,7 @@ impl StreamConfig {
 
     /// A heartbeat of comment lines `: {line}`, one per line of `text`.
     pub(crate) fn set_heartbeat_comment(&mut self, text: &str) {
-        let mut comment = Vec::with_capacity(text.len() + 4);
-        for line in text.split("\r\n").flat_map(|line| line.split(['\r', '\n'])) {
-            comment.extend_from_slice(b": ");
-            comment.extend_from_slice(line.as_bytes());
-            comment.extend_from_slice(b"\r\n");
-        }
-        self.heartbeat_comment = Bytes::from(comment);
+        self.heartbeat_comment = comment_lines(text);
     }
 
     /// Sends `retry: delay` before the first event of every stream.

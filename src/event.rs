@@ -11,6 +11,7 @@ use bytes::{Bytes, BytesMut};
 
 mod encode;
 
+pub(crate) use encode::comment_lines;
 use encode::{Layout, has_line_break};
 
 /// The heartbeat Pedestal writes: an empty comment line.

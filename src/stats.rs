@@ -41,16 +41,6 @@ struct Counters {
     stalled: AtomicU64,
 }
 
-/// What one finished stream adds to the totals.
-#[derive(Clone, Copy, Debug, Default)]
-pub(crate) struct StreamTotals {
-    pub(crate) events: u64,
-    pub(crate) bytes: u64,
-    pub(crate) dropped: u64,
-    /// It ended with [`DisconnectReason::Stalled`](crate::DisconnectReason::Stalled).
-    pub(crate) stalled: bool,
-}
-
 impl SseStats {
     /// Streams open right now.
     pub fn active_streams(&self) -> usize {
@@ -110,13 +100,11 @@ pub(crate) fn frame_written(stats: Option<&SseStats>, events: u64, bytes: u64, d
     }
 }
 
-/// A stream ended, with `events` and `dropped` not counted by a frame yet.
-pub(crate) fn stream_closed(stats: Option<&SseStats>, events: u64, dropped: u64, stalled: bool) {
+/// A stream ended (what it wrote was counted by [`frame_written`]).
+pub(crate) fn stream_closed(stats: Option<&SseStats>, stalled: bool) {
     ACTIVE_STREAMS.fetch_sub(1, Relaxed);
     if let Some(stats) = stats {
         let counters = &stats.counters;
-        counters.events.fetch_add(events, Relaxed);
-        counters.dropped.fetch_add(dropped, Relaxed);
         counters.stalled.fetch_add(u64::from(stalled), Relaxed);
         counters.closed.fetch_add(1, Relaxed);
         counters.active.fetch_sub(1, Relaxed);

@@ -2,7 +2,7 @@
 //! its fields written as `prefix: value` lines, multi-line texts split on
 //! CRLF, LF and lone CR.
 
-use bytes::{BufMut, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 
 use super::Event;
 use crate::pedestal::{COMMENT_FIELD, CRLF, DATA_FIELD, EVENT_FIELD, ID_FIELD, RETRY_FIELD};
@@ -153,6 +153,15 @@ fn put_pieces(buf: &mut BytesMut, bytes: &[u8]) {
             buf.put_slice(piece);
         }
     }
+}
+
+/// `text` as comment lines (`: line`), split as every multi-line field is:
+/// a heartbeat with text of its own.
+pub(crate) fn comment_lines(text: &str) -> Bytes {
+    let first_break = find_line_break(text.as_bytes());
+    let mut buf = BytesMut::with_capacity(multi_line_len(text, COMMENT_FIELD, first_break));
+    put_text(&mut buf, COMMENT_FIELD, text, first_break);
+    buf.freeze()
 }
 
 pub(super) fn has_line_break(text: &str) -> bool {

@@ -104,10 +104,7 @@ where
         let request = Request::get(uri)
             .body(TestBody)
             .unwrap_or_else(|err| panic!("invalid request to {uri:?}: {err}"));
-        match self.send(request).await {
-            Ok(stream) => stream,
-            Err(err) => panic!("the service failed on GET {uri}: {err}"),
-        }
+        self.send_or_fail(request, &format!("on GET {uri}")).await
     }
 
     /// Sends `request` and returns the response as a stream.
@@ -144,9 +141,14 @@ where
         let request = request
             .body(TestBody)
             .unwrap_or_else(|err| panic!("invalid Last-Event-ID: {err}"));
+        self.send_or_fail(request, "on reconnecting").await
+    }
+
+    /// [`send`](Self::send), failing the test if the service fails.
+    async fn send_or_fail(&mut self, request: Request<TestBody>, when: &str) -> TestStream {
         match self.send(request).await {
             Ok(stream) => stream,
-            Err(err) => panic!("the service failed on reconnecting: {err}"),
+            Err(err) => panic!("the service failed {when}: {err}"),
         }
     }
 }

@@ -3,7 +3,7 @@
 use std::{
     collections::VecDeque,
     fmt,
-    future::poll_fn,
+    future::{Future, poll_fn},
     task::{Context, Poll},
     time::Duration,
 };
@@ -123,11 +123,8 @@ impl TestStream {
     ///
     /// If nothing comes within the client's patience.
     pub async fn next(&mut self) -> Option<Item> {
-        let patience = self.patience;
-        match tokio::time::timeout(patience, self.read_item()).await {
-            Ok(item) => item,
-            Err(_) => panic!("{}: nothing came within {patience:?}", self.uri),
-        }
+        let (patience, uri) = (self.patience, self.uri.clone());
+        within(patience, &uri, "nothing came", self.read_item()).await
     }
 
     /// The next event, skipping comments (as a browser does); `None` once
@@ -137,7 +134,7 @@ impl TestStream {
     ///
     /// If no event comes within the client's patience.
     pub async fn next_event(&mut self) -> Option<ReceivedEvent> {
-        let patience = self.patience;
+        let (patience, uri) = (self.patience, self.uri.clone());
         let next = async {
             loop {
                 match self.read_item().await {
@@ -147,10 +144,7 @@ impl TestStream {
                 }
             }
         };
-        match tokio::time::timeout(patience, next).await {
-            Ok(event) => event,
-            Err(_) => panic!("{}: no event came within {patience:?}", self.uri),
-        }
+        within(patience, &uri, "no event came", next).await
     }
 
     /// Reads the next event, skipping comments, and checks its type and
@@ -230,7 +224,7 @@ impl TestStream {
     ///
     /// If the stream does not end within the client's patience.
     pub async fn read_to_end(&mut self) -> Vec<Item> {
-        let patience = self.patience;
+        let (patience, uri) = (self.patience, self.uri.clone());
         let all = async {
             let mut items = Vec::new();
             while let Some(item) = self.read_item().await {
@@ -238,10 +232,7 @@ impl TestStream {
             }
             items
         };
-        match tokio::time::timeout(patience, all).await {
-            Ok(items) => items,
-            Err(_) => panic!("{}: the stream did not end within {patience:?}", self.uri),
-        }
+        within(patience, &uri, "the stream did not end", all).await
     }
 
     /// Goes away, as a client that closes the connection: the server sees
@@ -320,5 +311,14 @@ impl TestStream {
             Some(body) => poll_fn(|cx| body(cx)).await,
             None => None,
         }
+    }
+}
+
+/// Waits for `read` at most `patience` (tokio time), or fails the test
+/// saying what did not happen.
+async fn within<T>(patience: Duration, uri: &Uri, what: &str, read: impl Future<Output = T>) -> T {
+    match tokio::time::timeout(patience, read).await {
+        Ok(value) => value,
+        Err(_) => panic!("{uri}: {what} within {patience:?}"),
     }
 }
