@@ -112,6 +112,28 @@ impl Event {
         self
     }
 
+    /// The event type set with [`Event::name`], if any.
+    ///
+    /// ```
+    /// let event = tower_sse::Event::new("1.25").name("price").id("7");
+    /// assert_eq!(event.name_ref(), Some("price"));
+    /// assert_eq!(event.id_ref(), Some("7"));
+    /// assert_eq!(event.data_ref(), Some("1.25"));
+    /// ```
+    pub fn name_ref(&self) -> Option<&str> {
+        self.name.as_deref()
+    }
+
+    /// The id set with [`Event::id`], if any.
+    pub fn id_ref(&self) -> Option<&str> {
+        self.id.as_deref()
+    }
+
+    /// The data, if any, as it was given (before line breaks are split).
+    pub fn data_ref(&self) -> Option<&str> {
+        self.data.as_deref()
+    }
+
     /// An event whose data is `value` serialised as JSON.
     ///
     /// # Errors
