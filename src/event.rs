@@ -9,8 +9,13 @@ use std::{borrow::Cow, fmt, time::Duration};
 
 use bytes::{Bytes, BytesMut};
 
+use crate::pedestal;
+
+mod data;
 mod encode;
 
+use data::Data;
+pub use data::EventData;
 pub(crate) use encode::comment_lines;
 use encode::{Layout, has_line_break};
 
@@ -46,16 +51,18 @@ pub(crate) const HEARTBEAT: &[u8] = b": \r\n";
 #[must_use = "an Event does nothing until it is sent or published"]
 pub struct Event {
     pub(crate) name: Option<String>,
-    /// `Cow` so that [`Event::from_static`] needs no copy before encoding.
-    pub(crate) data: Option<Cow<'static, str>>,
+    /// As it was handed over (see `data.rs`): copied once, at most.
+    data: Option<Data>,
     pub(crate) id: Option<String>,
     retry: Option<Duration>,
     comment: Option<String>,
 }
 
 impl Event {
-    /// An event carrying `data` (any string; line breaks become several `data:` lines).
-    pub fn new(data: impl Into<String>) -> Self {
+    /// An event carrying `data` (any string, or UTF-8 [`Bytes`]; line breaks
+    /// become several `data:` lines). The data is copied once, whatever its
+    /// type: see [`EventData`].
+    pub fn new(data: impl Into<EventData>) -> Self {
         Self::default().data(data)
     }
 
@@ -72,14 +79,14 @@ impl Event {
     /// ```
     pub fn from_static(data: &'static str) -> Self {
         Self {
-            data: Some(Cow::Borrowed(data)),
+            data: Some(Data::Static(data)),
             ..Self::default()
         }
     }
 
     /// Sets the data. An event without data is not dispatched by clients.
-    pub fn data(mut self, data: impl Into<String>) -> Self {
-        self.data = Some(Cow::Owned(data.into()));
+    pub fn data(mut self, data: impl Into<EventData>) -> Self {
+        self.data = Some(data.into().0);
         self
     }
 
@@ -129,12 +136,14 @@ impl Event {
         self.id.as_deref()
     }
 
-    /// The data, if any, as it was given (before line breaks are split).
+    /// The data, if any, as it was given (before line breaks are split);
+    /// `None` also for [`Bytes`] that are not UTF-8.
     pub fn data_ref(&self) -> Option<&str> {
-        self.data.as_deref()
+        self.data.as_ref().and_then(Data::text)
     }
 
-    /// An event whose data is `value` serialised as JSON.
+    /// An event whose data is `value` serialised as JSON, written straight
+    /// into its wire form (compact JSON is one line: no copy at sending).
     ///
     /// # Errors
     ///
@@ -147,9 +156,10 @@ impl Event {
     #[cfg(feature = "json")]
     #[cfg_attr(docsrs, doc(cfg(feature = "json")))]
     pub fn json<T: serde::Serialize + ?Sized>(value: &T) -> Result<Self, EventError> {
-        serde_json::to_string(value)
-            .map(Self::new)
-            .map_err(EventError::Json)
+        Data::json(value).map(|data| Self {
+            data: Some(data),
+            ..Self::default()
+        })
     }
 
     /// Checks the single-line fields without encoding.
@@ -171,6 +181,9 @@ impl Event {
                 return Err(EventError::NulInId);
             }
         }
+        if let Some(Data::NotUtf8(_)) = &self.data {
+            return Err(EventError::DataNotUtf8);
+        }
         Ok(())
     }
 
@@ -184,6 +197,7 @@ impl Event {
     /// - [`EventError::LineBreakInName`]: the name contains CR or LF.
     /// - [`EventError::LineBreakInId`]: the id contains CR or LF.
     /// - [`EventError::NulInId`]: the id contains NUL, which clients ignore.
+    /// - [`EventError::DataNotUtf8`]: the data are [`Bytes`] that are not UTF-8.
     ///
     /// ```
     /// use tower_sse::{Event, EventError};
@@ -191,6 +205,54 @@ impl Event {
     /// ```
     pub fn encode(&self) -> Result<Bytes, EventError> {
         self.validate()?;
+        if let (Some(Data::Framed(framed)), true) = (&self.data, self.is_data_only()) {
+            return Ok(framed.slice(data::HEADROOM..));
+        }
+        self.copy_encode()
+    }
+
+    /// Encodes an event that is given away (to be sent): like
+    /// [`Event::encode`], but data copied from a `&str` is not copied again,
+    /// the other fields are written in front of it.
+    pub(crate) fn into_frame(mut self) -> Result<Bytes, EventError> {
+        self.validate()?;
+        let Some(Data::Framed(framed)) = self.data.take_if(|data| data.is_one_line()) else {
+            return self.copy_encode();
+        };
+        // The fields but the data: what goes in front of it.
+        let layout = Layout::of(&self);
+        let head = layout.len - pedestal::CRLF.len();
+        if head == 0 {
+            return Ok(framed.slice(data::HEADROOM..));
+        }
+        match framed.try_into_mut() {
+            Ok(mut buf) if head <= data::HEADROOM => {
+                let start = data::HEADROOM - head;
+                let mut slot = &mut buf[start..data::HEADROOM];
+                self.write_head(&layout, &mut slot);
+                debug_assert!(slot.is_empty());
+                bytes::Buf::advance(&mut buf, start);
+                Ok(buf.freeze())
+            }
+            // Shared with a clone of the event, or too many fields: copy.
+            Ok(buf) => {
+                self.data = Some(Data::Framed(buf.freeze()));
+                self.copy_encode()
+            }
+            Err(framed) => {
+                self.data = Some(Data::Framed(framed));
+                self.copy_encode()
+            }
+        }
+    }
+
+    /// Whether the event has data and nothing else.
+    fn is_data_only(&self) -> bool {
+        self.name.is_none() && self.id.is_none() && self.retry.is_none() && self.comment.is_none()
+    }
+
+    /// Encodes into a new buffer (checked already).
+    fn copy_encode(&self) -> Result<Bytes, EventError> {
         let layout = Layout::of(self);
         // Exactly sized, so that freezing keeps the single allocation.
         let mut buf = BytesMut::with_capacity(layout.len);
@@ -224,6 +286,12 @@ impl From<Cow<'_, str>> for Event {
     }
 }
 
+impl From<Bytes> for Event {
+    fn from(data: Bytes) -> Self {
+        Self::new(data)
+    }
+}
+
 /// Why an event cannot be encoded.
 #[derive(Debug)]
 #[non_exhaustive]
@@ -234,6 +302,8 @@ pub enum EventError {
     LineBreakInId,
     /// The id contains NUL, which makes clients ignore it.
     NulInId,
+    /// The data are bytes that are not UTF-8 (an event stream is UTF-8).
+    DataNotUtf8,
     /// The data could not be serialised as JSON.
     #[cfg(feature = "json")]
     #[cfg_attr(docsrs, doc(cfg(feature = "json")))]
@@ -246,6 +316,7 @@ impl fmt::Display for EventError {
             Self::LineBreakInName => f.write_str("event name contains a line break"),
             Self::LineBreakInId => f.write_str("event id contains a line break"),
             Self::NulInId => f.write_str("event id contains a NUL character"),
+            Self::DataNotUtf8 => f.write_str("event data is not UTF-8"),
             #[cfg(feature = "json")]
             Self::Json(err) => write!(f, "event data is not serialisable as JSON: {err}"),
         }

@@ -98,7 +98,11 @@
 //!    [`Event`].
 //! 2. `event.rs`, [`Event::encode`]: the event becomes its wire bytes, once,
 //!    checked (a bad name or id is an [`EventError`] here, at the call site);
-//!    the encoder itself is `event/encode.rs`.
+//!    the encoder itself is `event/encode.rs`. Its data ([`EventData`],
+//!    `event/data.rs`) is copied once on the way: a `String` or `Bytes` when
+//!    the event is encoded, a `&str` (or [`Event::json`]'s output) when the
+//!    event is built, straight into its wire form, which sending then
+//!    hands on without another copy.
 //! 3. `queue/push.rs`, `Queue::push`: the bytes wait in the stream's bounded
 //!    queue (`queue.rs`, `Queue`); the [`Buffer`] policy (`buffer.rs`)
 //!    decides what a full queue does (wait, drop the newest, drop the oldest).
@@ -149,7 +153,7 @@ pub use body::{DisconnectReason, EventStream, StreamError};
 pub use buffer::Buffer;
 pub use config::{DEFAULT_BUFFER, DEFAULT_HEARTBEAT};
 pub use context::{LAST_EVENT_ID, LastEventId, StreamContext};
-pub use event::{Event, EventError};
+pub use event::{Event, EventData, EventError};
 pub use layer::{BoxError, ResponseBody, ResponseFuture, SseLayer, SseService};
 pub use pedestal::start_event_stream;
 pub use response::{SseResponse, start_stream};

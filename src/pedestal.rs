@@ -68,7 +68,7 @@ pub fn mk_data(name: Option<&str>, data: &str, id: Option<&str>) -> Result<Bytes
     if let Some(id) = id {
         event = event.id(id);
     }
-    event.encode()
+    event.into_frame()
 }
 
 /// Sends an event built from a name, data and id, like Pedestal's `send-event`.

@@ -60,7 +60,7 @@ impl EventSender {
     /// # }
     /// ```
     pub async fn send(&self, event: impl Into<Event>) -> Result<(), SendError> {
-        let bytes = event.into().encode().map_err(SendError::Invalid)?;
+        let bytes = event.into().into_frame().map_err(SendError::Invalid)?;
         let len = bytes.len();
         self.queue
             .push(bytes)
@@ -105,6 +105,9 @@ impl EventSender {
     /// }
     /// # }
     /// ```
+    // The event comes back whole when there is no room, as tokio's
+    // `TrySendError<T>` gives back its `T`, whatever its size.
+    #[allow(clippy::result_large_err)]
     pub fn try_send(&self, event: impl Into<Event>) -> Result<(), TrySendError> {
         let event = event.into();
         let bytes = event.encode().map_err(TrySendError::Invalid)?;

@@ -2,20 +2,21 @@
 //! topics leave nothing behind, on the node or in Redis.
 //!
 //! ```text
-//! cargo test --features redis --test redis_topics
+//! cargo test --features redis,testing --test redis_topics
 //! ```
-#![cfg(feature = "redis")]
+#![cfg(all(feature = "redis", feature = "testing"))]
 
 mod common;
 
 use std::time::Duration;
 
-use axum::{Router, body::Body, routing::get};
+use axum::{Router, routing::get};
 use common::*;
 use http::Request;
-use http_body_util::BodyExt;
-use tower::ServiceExt;
-use tower_sse::hub::Hub;
+use tower_sse::{
+    hub::Hub,
+    testing::{TestBody, TestClient},
+};
 
 /// Each of `TOWER_SSE_TOPICS` (100,000) topics gets one event and one stream
 /// that resumes from before it (a replay from Redis: the node follows the
@@ -65,18 +66,17 @@ async fn short_lived_topics_leave_nothing_on_the_node_or_in_redis() {
                     let ms: u64 = id.split_once('-').unwrap().0.parse().unwrap();
                     let request = Request::get(format!("/t/{topic}"))
                         .header("last-event-id", format!("{}-0", ms - 1))
-                        .body(Body::empty())
+                        .body(TestBody)
                         .unwrap();
-                    let response = app.clone().oneshot(request).await.unwrap();
-                    let mut body = response.into_body();
-                    let frame = tokio::time::timeout(PATIENCE, body.frame())
+                    let mut stream = TestClient::new(app.clone())
+                        .patience(PATIENCE)
+                        .send(request)
                         .await
-                        .expect("the replayed event")
-                        .expect("a frame")
                         .unwrap();
-                    let bytes = frame.into_data().unwrap();
-                    let text = String::from_utf8_lossy(&bytes);
-                    assert!(text.contains(&format!("only event of {topic}")), "{text}");
+                    let replayed = stream
+                        .expect_event("message", &format!("only event of {topic}"))
+                        .await;
+                    assert_eq!(replayed.id, id);
                     most = most.max(hub.topics());
                 }
                 most

@@ -15,8 +15,17 @@ impl Event {
     }
 
     pub(super) fn write_fields(&self, layout: &Layout, buf: &mut BytesMut) {
+        self.write_head(layout, buf);
+        if let Some(data) = &self.data {
+            put_text(buf, DATA_FIELD, data.bytes(), layout.data_break);
+        }
+        buf.put_slice(CRLF);
+    }
+
+    /// Writes the fields that come before the data.
+    pub(super) fn write_head(&self, layout: &Layout, buf: &mut impl BufMut) {
         if let Some(comment) = &self.comment {
-            put_text(buf, COMMENT_FIELD, comment, layout.comment_break);
+            put_text(buf, COMMENT_FIELD, comment.as_bytes(), layout.comment_break);
         }
         if let Some(name) = &self.name {
             put_field(buf, EVENT_FIELD, name.as_bytes());
@@ -27,10 +36,6 @@ impl Event {
         if let Some(retry) = &layout.retry {
             put_field(buf, RETRY_FIELD, retry.digits());
         }
-        if let Some(data) = &self.data {
-            put_text(buf, DATA_FIELD, data, layout.data_break);
-        }
-        buf.put_slice(CRLF);
     }
 }
 
@@ -51,7 +56,7 @@ impl Layout {
         let mut comment_break = None;
         if let Some(comment) = &event.comment {
             comment_break = find_line_break(comment.as_bytes());
-            len += multi_line_len(comment, COMMENT_FIELD, comment_break);
+            len += multi_line_len(comment.as_bytes(), COMMENT_FIELD, comment_break);
         }
         if let Some(name) = &event.name {
             len += single_line(name, EVENT_FIELD);
@@ -65,8 +70,11 @@ impl Layout {
         }
         let mut data_break = None;
         if let Some(data) = &event.data {
-            data_break = find_line_break(data.as_bytes());
-            len += multi_line_len(data, DATA_FIELD, data_break);
+            // Data copied from a `&str` is one line, found when it was copied.
+            if !data.is_one_line() {
+                data_break = find_line_break(data.bytes());
+            }
+            len += multi_line_len(data.bytes(), DATA_FIELD, data_break);
         }
         Self {
             len,
@@ -106,7 +114,7 @@ impl Digits {
 
 /// The encoded size of `text` written as `prefix` lines; `first_break` is
 /// where it first breaks, if anywhere.
-fn multi_line_len(text: &str, prefix: &[u8], first_break: Option<usize>) -> usize {
+fn multi_line_len(text: &[u8], prefix: &[u8], first_break: Option<usize>) -> usize {
     let per_line = prefix.len() + CRLF.len();
     if first_break.is_none() {
         return text.len() + per_line;
@@ -119,17 +127,17 @@ fn multi_line_len(text: &str, prefix: &[u8], first_break: Option<usize>) -> usiz
 }
 
 /// Writes `text` as `prefix` lines, splitting on CRLF, LF and lone CR.
-fn put_text(buf: &mut BytesMut, prefix: &[u8], text: &str, first_break: Option<usize>) {
+fn put_text(buf: &mut impl BufMut, prefix: &[u8], text: &[u8], first_break: Option<usize>) {
     if first_break.is_none() {
-        put_field(buf, prefix, text.as_bytes());
+        put_field(buf, prefix, text);
         return;
     }
     for line in Lines::starting(text, first_break) {
-        put_field(buf, prefix, line.as_bytes());
+        put_field(buf, prefix, line);
     }
 }
 
-fn put_field(buf: &mut BytesMut, prefix: &[u8], value: &[u8]) {
+fn put_field(buf: &mut impl BufMut, prefix: &[u8], value: &[u8]) {
     buf.put_slice(prefix);
     put_pieces(buf, value);
     buf.put_slice(CRLF);
@@ -145,7 +153,7 @@ const PIECE: usize = 2 * 1024;
 /// its vector loop (measured on the benchmark machine, see BENCHMARKS.md).
 /// Pieces keep every copy on the vector loop, at no cost elsewhere.
 #[inline]
-fn put_pieces(buf: &mut BytesMut, bytes: &[u8]) {
+pub(super) fn put_pieces(buf: &mut impl BufMut, bytes: &[u8]) {
     if bytes.len() <= PIECE {
         buf.put_slice(bytes);
     } else {
@@ -158,7 +166,8 @@ fn put_pieces(buf: &mut BytesMut, bytes: &[u8]) {
 /// `text` as comment lines (`: line`), split as every multi-line field is:
 /// a heartbeat with text of its own.
 pub(crate) fn comment_lines(text: &str) -> Bytes {
-    let first_break = find_line_break(text.as_bytes());
+    let text = text.as_bytes();
+    let first_break = find_line_break(text);
     let mut buf = BytesMut::with_capacity(multi_line_len(text, COMMENT_FIELD, first_break));
     put_text(&mut buf, COMMENT_FIELD, text, first_break);
     buf.freeze()
@@ -171,21 +180,21 @@ pub(super) fn has_line_break(text: &str) -> bool {
 /// The index of the first CR or LF in `bytes` (memchr's vectorised search:
 /// a byte-at-a-time scan was most of the server's CPU with 16 KiB events).
 #[inline]
-fn find_line_break(bytes: &[u8]) -> Option<usize> {
+pub(super) fn find_line_break(bytes: &[u8]) -> Option<usize> {
     memchr::memchr2(b'\r', b'\n', bytes)
 }
 
 /// Splits text on CRLF, LF and lone CR, keeping a trailing empty line so that
 /// `"x\n"` round-trips through a client (which drops one final LF).
 struct Lines<'a> {
-    rest: Option<&'a str>,
+    rest: Option<&'a [u8]>,
     /// Where `rest` first breaks, when already known.
     next_break: Option<Option<usize>>,
 }
 
 impl<'a> Lines<'a> {
     /// Lines of `text`, whose first break is already known to be at `first_break`.
-    fn starting(text: &'a str, first_break: Option<usize>) -> Self {
+    fn starting(text: &'a [u8], first_break: Option<usize>) -> Self {
         Self {
             rest: Some(text),
             next_break: Some(first_break),
@@ -194,11 +203,11 @@ impl<'a> Lines<'a> {
 }
 
 impl<'a> Iterator for Lines<'a> {
-    type Item = &'a str;
+    type Item = &'a [u8];
 
-    fn next(&mut self) -> Option<&'a str> {
+    fn next(&mut self) -> Option<&'a [u8]> {
         let rest = self.rest?;
-        let bytes = rest.as_bytes();
+        let bytes = rest;
         let found = self
             .next_break
             .take()
@@ -219,10 +228,10 @@ impl<'a> Iterator for Lines<'a> {
 
 #[cfg(test)]
 mod tests {
-    use std::{borrow::Cow, time::Duration};
+    use std::time::Duration;
 
     use super::*;
-    use crate::EventError;
+    use crate::{EventError, event::EventData};
 
     fn wire(event: Event) -> String {
         String::from_utf8(event.encode().unwrap().to_vec()).unwrap()
@@ -360,7 +369,7 @@ mod tests {
         if let Some(retry) = event.retry {
             field(RETRY_FIELD, &retry.as_millis().to_string());
         }
-        for line in event.data.as_deref().map(split).unwrap_or_default() {
+        for line in event.data_ref().map(split).unwrap_or_default() {
             field(DATA_FIELD, line);
         }
         out.extend_from_slice(CRLF);
@@ -404,10 +413,13 @@ mod tests {
             name in proptest::option::of("[a-z]{0,8}"),
             id in proptest::option::of("[0-9]{0,8}"),
             retry in proptest::option::of(0u64..u64::MAX),
+            borrowed in proptest::bool::ANY,
         ) {
             let event = Event {
                 name,
-                data: data.map(Cow::Owned),
+                data: data.map(|text| {
+                    if borrowed { EventData::from(text.as_str()).0 } else { EventData::from(text).0 }
+                }),
                 id,
                 retry: retry.map(Duration::from_millis),
                 comment,

@@ -322,9 +322,9 @@ impl Hub {
         if event.id.is_none() {
             event.id = Some(seq.to_string());
         }
-        let bytes = event.encode().map_err(PublishError::Invalid)?;
-        let len = bytes.len();
         let id: Arc<str> = event.id.as_deref().unwrap_or_default().into();
+        let bytes = event.into_frame().map_err(PublishError::Invalid)?;
+        let len = bytes.len();
         let topic = topics
             .get_or_insert(name, inner, now)
             .map_err(|TooManyTopics(max)| PublishError::TooManyTopics(max))?;

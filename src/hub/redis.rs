@@ -166,7 +166,7 @@ impl Backend {
         mut event: Event,
     ) -> Result<String, PublishError> {
         event.id = None;
-        let stored = event.encode().map_err(PublishError::Invalid)?;
+        let stored = event.into_frame().map_err(PublishError::Invalid)?;
         let mut conn = self.conn.clone();
         let max_age = self.max_age.map_or(0, |age| age.as_millis().max(1) as u64);
         // EVAL rather than EVALSHA: no script cache to miss after a Redis

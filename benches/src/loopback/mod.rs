@@ -15,14 +15,16 @@
 //! Options: `--runs N` (5; 1 with `--quick`), `--quick`, `--scenarios
 //! small,large,fanout,idle,latency`, `--impls` (below), `--capacity N` (64),
 //! `--size B`, `--events N` and `--streams N` (override the chosen
-//! scenarios'), `--static-data`, `--no-pin`.
+//! scenarios'), `--static-data`, `--str-data`, `--no-pin`.
 //!
 //! Data: by default each producer starts every event from a fresh `String`
 //! (what a serialiser hands an application); tower-sse's `Event` takes it by
 //! value, axum's `Event::data` copies it. `--static-data` hands both a
 //! `&'static str` instead, each through its API for one: axum's
 //! `Event::data` copies it once, tower-sse's `Event::from_static` keeps the
-//! reference until it encodes (also one copy).
+//! reference until it encodes (also one copy). `--str-data` hands both the
+//! same `&str` through the quick start's API: `Event::new(&str)` (copied
+//! once, into its wire form) and axum's `Event::data(&str)` (copied once).
 //!
 //! Every measurement is a fresh server process and a fresh client process
 //! (this binary re-executed as `loopback __server` / `loopback __client`),
@@ -87,6 +89,7 @@ struct Options {
     events: Option<usize>,
     streams: Option<usize>,
     static_data: bool,
+    str_data: bool,
     scenarios: Option<Vec<String>>,
     impls: Option<Vec<Imp>>,
 }
@@ -101,6 +104,7 @@ fn parse_options(args: &[String]) -> Result<Options, Error> {
         events: None,
         streams: None,
         static_data: false,
+        str_data: false,
         scenarios: None,
         impls: None,
     };
@@ -111,6 +115,7 @@ fn parse_options(args: &[String]) -> Result<Options, Error> {
             "--quick" => options.quick = true,
             "--no-pin" => options.pin = false,
             "--static-data" => options.static_data = true,
+            "--str-data" => options.str_data = true,
             "--runs" => runs = Some(flags.value()?),
             "--capacity" => options.capacity = flags.value()?,
             "--size" => options.size = Some(flags.value()?),
@@ -143,6 +148,7 @@ fn orchestrate(options: &Options) -> Result<(), Error> {
         scenario.events = options.events.unwrap_or(scenario.events);
         scenario.streams = options.streams.unwrap_or(scenario.streams);
         scenario.static_data = options.static_data;
+        scenario.str_data = options.str_data;
         let impls = options
             .impls
             .clone()

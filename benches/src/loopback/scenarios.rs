@@ -103,6 +103,8 @@ pub(crate) struct Scenario {
     /// Producers hand the libraries a `&'static str` instead of a fresh
     /// `String` per event.
     pub(crate) static_data: bool,
+    /// Producers hand the libraries a `&str` through `Event::new` / `data`.
+    pub(crate) str_data: bool,
     pub(crate) port: u16,
     pub(crate) server_pid: u32,
 }
@@ -122,6 +124,7 @@ impl Scenario {
             settle_ms: 0,
             window_ms: 0,
             static_data: false,
+            str_data: false,
             port: 0,
             server_pid: 0,
         }
@@ -174,6 +177,7 @@ impl Scenario {
             ("settle_ms", self.settle_ms.to_string()),
             ("window_ms", self.window_ms.to_string()),
             ("static_data", self.static_data.to_string()),
+            ("str_data", self.str_data.to_string()),
             ("port", self.port.to_string()),
             ("server_pid", self.server_pid.to_string()),
         ])
@@ -194,6 +198,7 @@ impl Scenario {
             settle_ms: args.num("settle_ms")?,
             window_ms: args.num("window_ms")?,
             static_data: args.num("static_data")?,
+            str_data: args.num("str_data")?,
             port: args.num("port")?,
             server_pid: args.num("server_pid")?,
         })
@@ -213,6 +218,8 @@ impl Scenario {
                 self.capacity,
                 if self.static_data {
                     "&'static str"
+                } else if self.str_data {
+                    "a &str through Event::new / Event::data"
                 } else {
                     "a fresh String per event"
                 }

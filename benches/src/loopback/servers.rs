@@ -125,6 +125,7 @@ fn router(scenario: &Scenario) -> Router {
                         tx,
                         data,
                         static_data: sc.static_data,
+                        str_data: sc.str_data,
                     };
                     tokio::spawn(produce(sink, gate.clone(), sc.clone()));
                 }
@@ -206,6 +207,7 @@ struct AxumSink {
     tx: mpsc::Sender<AxumEvent>,
     data: &'static str,
     static_data: bool,
+    str_data: bool,
 }
 
 impl Sink for AxumSink {
@@ -214,7 +216,7 @@ impl Sink for AxumSink {
         #[allow(clippy::unnecessary_to_owned)]
         let event = match stamped {
             Some(stamped) => AxumEvent::default().data(stamped),
-            None if self.static_data => AxumEvent::default().data(self.data),
+            None if self.static_data || self.str_data => AxumEvent::default().data(self.data),
             None => AxumEvent::default().data(self.data.to_owned()),
         };
         self.tx.send(event).await.is_ok()
@@ -259,6 +261,8 @@ async fn produce_tower_sse(events: EventSender, gate: Gate, sc: Arc<Scenario>, d
     for _ in 0..sc.events {
         let event = if sc.static_data {
             Event::from_static(data)
+        } else if sc.str_data {
+            Event::new(data)
         } else {
             Event::new(data.to_owned())
         };
