@@ -251,7 +251,7 @@ impl EventStream {
             tracing::Span::none()
         } else {
             let layer = config.name.as_deref().unwrap_or_default();
-            tracing::debug_span!("sse_stream", uri = %ctx.uri(), layer)
+            tracing::debug_span!("sse_stream", uri = %ctx.uri_display(), layer)
         };
         if !head {
             tracing::debug!(parent: &span, ?policy, capacity, "stream opened");

@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     Buffer, DisconnectReason, Event, EventSender, StreamContext,
+    context::Keep,
     event::{HEARTBEAT, comment_lines},
     hub::HubSource,
     stats::SseStats,
@@ -49,6 +50,8 @@ pub(crate) struct StreamConfig {
     pub(crate) heartbeat_comment: Bytes,
     /// Written before the first event: a `retry` field, if set.
     pub(crate) first_frame: Option<Bytes>,
+    /// What a layer's stream contexts keep of the request.
+    pub(crate) keep: Keep,
 }
 
 impl StreamConfig {
@@ -73,6 +76,7 @@ impl StreamConfig {
             name: None,
             heartbeat_comment: Bytes::from_static(HEARTBEAT),
             first_frame: None,
+            keep: Keep::default(),
         }
     }
 
@@ -110,6 +114,7 @@ impl fmt::Debug for StreamConfig {
             .field("connection_close", &self.connection_close)
             .field("last_event_id_query", &self.last_event_id_query)
             .field("name", &self.name)
+            .field("keep", &self.keep)
             .finish_non_exhaustive()
     }
 }

@@ -1,70 +1,233 @@
 //! What the ready function and the disconnect callback learn about the request.
 
-use std::{fmt, sync::Arc};
+use std::{
+    fmt,
+    sync::{Arc, LazyLock, OnceLock},
+};
 
-use http::{Extensions, HeaderMap, Method, Uri, Version, request::Parts};
+use http::{Extensions, HeaderMap, Method, Uri, Version, request::Parts, uri::PathAndQuery};
 
 /// The header a reconnecting `EventSource` sends with the last id it saw.
 pub const LAST_EVENT_ID: &str = "last-event-id";
 
 /// The request that opened a stream: method, URI, version, headers,
-/// extensions and its `Last-Event-ID`. Cheap to clone.
+/// extensions and its `Last-Event-ID`. Cheap to clone: clones share one copy.
 ///
-/// A stream hands its context to the ready function and keeps a copy only
-/// for a disconnect callback. A ready function that drops it frees the
-/// copied request: a closure whose future does not capture it
-/// (`|events, _ctx| async move { .. }`), or an explicit `drop(ctx)`; an
-/// `async fn ready(events, _ctx)` keeps its arguments until it returns.
+/// # What a layer's context keeps
 ///
-/// The stream layer builds it for the ready function; in a handler it is an
-/// axum extractor, to pass to [`start_stream`](crate::start_stream).
+/// A context built from a request ([`from_parts`](Self::from_parts),
+/// [`from_request`](Self::from_request), the axum extractor, so the one
+/// handed to [`start_stream`](crate::start_stream)) keeps all of it. The one
+/// an [`SseLayer`](crate::SseLayer) builds for each stream keeps, by default,
+/// the method, URI and version and the `Last-Event-ID` header: its
+/// [`headers`](Self::headers) hold that header alone (if the client sent
+/// it) and its [`extensions`](Self::extensions) are empty, unless the layer
+/// was told to keep them ([`SseLayer::keep_headers`](crate::SseLayer::keep_headers),
+/// [`SseLayer::keep_extensions`](crate::SseLayer::keep_extensions)). A stream
+/// keeps its context for as long as its ready function or its disconnect
+/// callback may read it (an `async fn ready(events, _ctx)` holds it until it
+/// returns), and a whole copy of the request costs about 1 KB per stream:
+/// what nobody reads is not kept. BENCHMARKS.md has the figures.
+///
+/// ```
+/// let request = http::Request::post("/events?room=lobby")
+///     .header("authorization", "Bearer x")
+///     .body(())
+///     .unwrap();
+/// let ctx = tower_sse::StreamContext::from_request(&request);
+/// assert_eq!(ctx.method(), http::Method::POST);
+/// assert_eq!(ctx.uri().query(), Some("room=lobby"));
+/// assert_eq!(ctx.headers()["authorization"], "Bearer x");
+/// ```
+///
+/// In a handler it is an axum extractor, to pass to
+/// [`start_stream`](crate::start_stream).
 #[derive(Clone)]
 pub struct StreamContext {
     inner: Arc<Inner>,
 }
 
+/// What a layer's contexts keep beyond the request line and `Last-Event-ID`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Keep {
+    pub(crate) headers: bool,
+    pub(crate) extensions: bool,
+}
+
+impl Keep {
+    const ALL: Self = Self {
+        headers: true,
+        extensions: true,
+    };
+}
+
+/// The request line inline, the rest boxed only when there is some: a
+/// layer's default context is one 96-byte allocation (a whole copy of the
+/// request behind axum's router is about 1,000 bytes in 10).
 struct Inner {
-    method: Method,
-    uri: Uri,
+    uri: UriRepr,
+    /// The `Uri` of an origin-form request, built when first asked for.
+    origin_uri: OnceLock<Box<Uri>>,
+    /// An index into [`STANDARD_METHODS`], or [`OTHER_METHOD`] (then in `rest`).
+    method: u8,
     version: Version,
+    rest: Option<Box<Rest>>,
+}
+
+/// A request URI in fewer bytes than a `Uri`'s 88: an HTTP/1 request's is
+/// a path and query alone (sharing hyper's read buffer, as the `Uri` does).
+enum UriRepr {
+    Origin(PathAndQuery),
+    Other(Box<Uri>),
+}
+
+impl UriRepr {
+    fn new(uri: &Uri) -> Self {
+        match (uri.scheme(), uri.authority(), uri.path_and_query()) {
+            (None, None, Some(path)) => Self::Origin(path.clone()),
+            _ => Self::Other(Box::new(uri.clone())),
+        }
+    }
+}
+
+// As the `Uri` would print, without building it.
+impl fmt::Display for UriRepr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Origin(path) => fmt::Display::fmt(path, f),
+            Self::Other(uri) => fmt::Display::fmt(uri, f),
+        }
+    }
+}
+
+impl fmt::Debug for UriRepr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+#[derive(Default)]
+struct Rest {
+    /// A method outside [`STANDARD_METHODS`].
+    method: Option<Method>,
     headers: HeaderMap,
     extensions: Extensions,
 }
 
+/// The methods a context stores as one byte instead of a 24-byte `Method`.
+static STANDARD_METHODS: [Method; 9] = [
+    Method::GET,
+    Method::POST,
+    Method::PUT,
+    Method::DELETE,
+    Method::HEAD,
+    Method::OPTIONS,
+    Method::CONNECT,
+    Method::PATCH,
+    Method::TRACE,
+];
+const OTHER_METHOD: u8 = u8::MAX;
+
+/// What `headers()` and `extensions()` give when nothing was kept.
+static NO_HEADERS: LazyLock<HeaderMap> = LazyLock::new(HeaderMap::new);
+static NO_EXTENSIONS: LazyLock<Extensions> = LazyLock::new(Extensions::new);
+
 impl StreamContext {
-    /// Copies what the stream needs from request parts.
+    /// Copies what the stream needs from request parts: all of it.
     pub fn from_parts(parts: &Parts) -> Self {
-        Self {
-            inner: Arc::new(Inner {
-                method: parts.method.clone(),
-                uri: parts.uri.clone(),
-                version: parts.version,
-                headers: parts.headers.clone(),
-                extensions: parts.extensions.clone(),
-            }),
-        }
+        Self::new(
+            &parts.method,
+            &parts.uri,
+            parts.version,
+            &parts.headers,
+            &parts.extensions,
+            Keep::ALL,
+        )
     }
 
-    /// Copies what the stream needs from a request (its body is not used).
+    /// Copies what the stream needs from a request (its body is not used):
+    /// all of it but the body.
     pub fn from_request<B>(request: &http::Request<B>) -> Self {
+        Self::kept(request, Keep::ALL)
+    }
+
+    /// A layer's context: the request line, `Last-Event-ID`, and what `keep` names.
+    pub(crate) fn kept<B>(request: &http::Request<B>, keep: Keep) -> Self {
+        Self::new(
+            request.method(),
+            request.uri(),
+            request.version(),
+            request.headers(),
+            request.extensions(),
+            keep,
+        )
+    }
+
+    fn new(
+        method: &Method,
+        uri: &Uri,
+        version: Version,
+        headers: &HeaderMap,
+        extensions: &Extensions,
+        keep: Keep,
+    ) -> Self {
+        let mut rest = Rest::default();
+        let index = STANDARD_METHODS
+            .iter()
+            .position(|standard| standard == method);
+        let method = match index.and_then(|index| u8::try_from(index).ok()) {
+            Some(index) => index,
+            None => {
+                rest.method = Some(method.clone());
+                OTHER_METHOD
+            }
+        };
+        if keep.headers {
+            rest.headers = headers.clone();
+        } else if let Some(value) = headers.get(LAST_EVENT_ID) {
+            rest.headers.insert(LAST_EVENT_ID, value.clone());
+        }
+        if keep.extensions {
+            rest.extensions = extensions.clone();
+        }
+        let empty = rest.method.is_none() && rest.headers.is_empty() && rest.extensions.is_empty();
         Self {
             inner: Arc::new(Inner {
-                method: request.method().clone(),
-                uri: request.uri().clone(),
-                version: request.version(),
-                headers: request.headers().clone(),
-                extensions: request.extensions().clone(),
+                uri: UriRepr::new(uri),
+                origin_uri: OnceLock::new(),
+                method,
+                version,
+                rest: (!empty).then(|| Box::new(rest)),
             }),
         }
     }
 
     /// The request method.
     pub fn method(&self) -> &Method {
-        &self.inner.method
+        match STANDARD_METHODS.get(usize::from(self.inner.method)) {
+            Some(standard) => standard,
+            None => self
+                .inner
+                .rest
+                .as_ref()
+                .and_then(|rest| rest.method.as_ref())
+                .unwrap_or(&STANDARD_METHODS[0]),
+        }
     }
 
     /// The request URI (path and query, as the server received it).
     pub fn uri(&self) -> &Uri {
+        match &self.inner.uri {
+            UriRepr::Origin(path) => self
+                .inner
+                .origin_uri
+                .get_or_init(|| Box::new(Uri::from(path.clone()))),
+            UriRepr::Other(uri) => uri,
+        }
+    }
+
+    /// Prints as [`uri`](Self::uri) does, without building the `Uri`.
+    pub(crate) fn uri_display(&self) -> impl fmt::Display + '_ {
         &self.inner.uri
     }
 
@@ -73,18 +236,29 @@ impl StreamContext {
         self.inner.version
     }
 
-    /// The request headers.
+    /// The request headers: all of them in a context built from a request;
+    /// in a layer's, `Last-Event-ID` alone unless the layer keeps them
+    /// ([`SseLayer::keep_headers`](crate::SseLayer::keep_headers)).
     pub fn headers(&self) -> &HeaderMap {
-        &self.inner.headers
+        self.inner
+            .rest
+            .as_ref()
+            .map_or(&NO_HEADERS, |rest| &rest.headers)
     }
 
-    /// The request extensions (for example what an authentication layer inserted).
+    /// The request extensions (for example what an authentication layer
+    /// inserted): all of them in a context built from a request; in a
+    /// layer's, none unless the layer keeps them
+    /// ([`SseLayer::keep_extensions`](crate::SseLayer::keep_extensions)).
     pub fn extensions(&self) -> &Extensions {
-        &self.inner.extensions
+        self.inner
+            .rest
+            .as_ref()
+            .map_or(&NO_EXTENSIONS, |rest| &rest.extensions)
     }
 
     /// The `Last-Event-ID` the client sent when reconnecting, if any and if it
-    /// is valid UTF-8 (browsers send UTF-8).
+    /// is valid UTF-8 (browsers send UTF-8). Every context keeps it.
     ///
     /// It is the header whole, as long as the client made it (hyper bounds
     /// the request head): an application with ids of its own should bound
@@ -100,7 +274,7 @@ impl StreamContext {
     /// assert_eq!(ctx.last_event_id(), Some("41"));
     /// ```
     pub fn last_event_id(&self) -> Option<&str> {
-        last_event_id(&self.inner.headers)
+        last_event_id(self.headers())
     }
 }
 
@@ -163,7 +337,7 @@ fn last_event_id(headers: &HeaderMap) -> Option<&str> {
 impl fmt::Debug for StreamContext {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("StreamContext")
-            .field("method", &self.inner.method)
+            .field("method", self.method())
             .field("uri", &self.inner.uri)
             .field("version", &self.inner.version)
             .field("last_event_id", &self.last_event_id())
@@ -241,6 +415,64 @@ mod tests {
             query_param("lastEventID=1&lastEventID=2", "lastEventID").as_deref(),
             Some("1")
         );
+    }
+
+    #[test]
+    fn a_context_reports_every_method_and_uri_form() {
+        let propfind = Method::from_bytes(b"PROPFIND").unwrap();
+        let methods = STANDARD_METHODS.iter().chain([&propfind]);
+        for method in methods {
+            let request = http::Request::builder()
+                .method(method.clone())
+                .uri("/a/b?c=d")
+                .body(())
+                .unwrap();
+            let ctx = StreamContext::kept(&request, Keep::default());
+            assert_eq!(ctx.method(), method);
+            assert_eq!(ctx.uri(), "/a/b?c=d");
+        }
+        for uri in ["http://example.com/x?y", "*", "https://h:8080/", "/"] {
+            let request = http::Request::get(uri).body(()).unwrap();
+            let ctx = StreamContext::kept(&request, Keep::default());
+            assert_eq!(ctx.uri(), &Uri::from_static(uri), "{uri}");
+            assert_eq!(ctx.uri_display().to_string(), uri);
+            assert!(format!("{ctx:?}").contains(uri), "{ctx:?}");
+        }
+    }
+
+    #[test]
+    fn a_layer_context_keeps_last_event_id_and_what_it_was_told_to() {
+        let mut request = http::Request::get("/e")
+            .version(Version::HTTP_2)
+            .header(LAST_EVENT_ID, "7")
+            .header("x-user", "ada")
+            .body(())
+            .unwrap();
+        request.extensions_mut().insert(42_u32);
+        let lean = StreamContext::kept(&request, Keep::default());
+        assert_eq!(lean.version(), Version::HTTP_2);
+        assert_eq!(lean.last_event_id(), Some("7"));
+        assert_eq!(lean.headers().len(), 1);
+        assert!(lean.extensions().is_empty());
+        let headers = Keep {
+            headers: true,
+            extensions: false,
+        };
+        let kept = StreamContext::kept(&request, headers);
+        assert_eq!(kept.headers()["x-user"], "ada");
+        assert_eq!(kept.last_event_id(), Some("7"));
+        assert!(kept.extensions().is_empty());
+        let whole = StreamContext::from_request(&request);
+        assert_eq!(whole.headers().len(), 2);
+        assert_eq!(whole.extensions().get::<u32>(), Some(&42));
+        let (parts, ()) = request.into_parts();
+        let whole = StreamContext::from_parts(&parts);
+        assert_eq!(whole.headers().len(), 2);
+        assert_eq!(whole.extensions().get::<u32>(), Some(&42));
+        // Nothing to keep: no header map, no extensions, no method to box.
+        let bare = StreamContext::kept(&http::Request::new(()), Keep::ALL);
+        assert!(bare.inner.rest.is_none());
+        assert!(bare.headers().is_empty() && bare.last_event_id().is_none());
     }
 
     #[test]

@@ -99,6 +99,55 @@ impl SseLayer {
         self
     }
 
+    /// Keeps each request's headers in its stream's [`StreamContext`], for
+    /// a ready function or disconnect callback that reads
+    /// [`StreamContext::headers`] (a cookie, an `Authorization`). Without it a
+    /// layer's context keeps, of the headers, `Last-Event-ID` alone: a copy
+    /// of every header costs each stream a few hundred bytes for as long as
+    /// the context lives (see [`StreamContext`]).
+    ///
+    /// ```
+    /// use tower_sse::{EventSender, SseLayer, StreamContext};
+    ///
+    /// async fn ready(events: EventSender, ctx: StreamContext) {
+    ///     let user = ctx.headers().get("x-user").and_then(|v| v.to_str().ok());
+    ///     let _ = events.send(format!("hello {}", user.unwrap_or("guest"))).await;
+    /// }
+    ///
+    /// let layer = SseLayer::new(ready).keep_headers();
+    /// # let _ = layer;
+    /// ```
+    pub fn keep_headers(mut self) -> Self {
+        Arc::make_mut(&mut self.config).keep.headers = true;
+        self
+    }
+
+    /// Keeps each request's extensions in its stream's [`StreamContext`],
+    /// for a ready function or disconnect callback that reads
+    /// [`StreamContext::extensions`] (what an authentication layer inserted,
+    /// axum's `MatchedPath`). Without it a layer's context has none: a copy
+    /// of them costs each stream about 500 bytes behind axum's router.
+    ///
+    /// ```
+    /// use tower_sse::{EventSender, SseLayer, StreamContext};
+    ///
+    /// #[derive(Clone)]
+    /// struct User(String);
+    ///
+    /// async fn ready(events: EventSender, ctx: StreamContext) {
+    ///     if let Some(User(name)) = ctx.extensions().get::<User>() {
+    ///         let _ = events.send(format!("hello {name}")).await;
+    ///     }
+    /// }
+    ///
+    /// let layer = SseLayer::new(ready).keep_extensions();
+    /// # let _ = layer;
+    /// ```
+    pub fn keep_extensions(mut self) -> Self {
+        Arc::make_mut(&mut self.config).keep.extensions = true;
+        self
+    }
+
     /// Ends every stream of this layer when `token` is cancelled, so that
     /// `axum::serve(..).with_graceful_shutdown(..)` can complete.
     ///
@@ -366,7 +415,7 @@ where
         if let Some(name) = &self.config.last_event_id_query {
             last_event_id_from_query(&mut request, name);
         }
-        let ctx = StreamContext::from_request(&request);
+        let ctx = StreamContext::kept(&request, self.config.keep);
         let selected = match &self.config.hub {
             None => None,
             Some(source) => {

@@ -46,6 +46,11 @@ impl Future for WaitClosed<'_> {
                 .and_then(|w| w.waker.replace(waker)),
             None => {
                 let id = state.next_id();
+                // Most streams have one such waiter (an idle ready function's):
+                // room for one is 32 bytes a stream where `push` takes 112.
+                if state.closing.capacity() == 0 {
+                    state.closing.reserve_exact(1);
+                }
                 state.closing.push(Waiter {
                     id,
                     waker: Some(waker),

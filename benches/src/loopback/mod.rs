@@ -48,6 +48,9 @@
 //!   the memory of an idle stream);
 //! - `tower-sse-ctx` (idle only, with `--impls`): tower-sse with a ready
 //!   function that keeps its `StreamContext`, so the copy of the request stays;
+//! - `tower-sse-quickstart` (idle only, with `--impls`): the README's quick
+//!   start, an `async fn ready(events, _ctx)` (which keeps its context until
+//!   it returns), with a disconnect callback that reads `ctx.uri()`;
 //! - `tower-sse-spawned` (with `--impls`): tower-sse with `spawn_ready()`, the
 //!   ready function a task of its own feeding the buffer;
 //! - `tower-sse-stall` (with `--impls`): tower-sse with a 60 s

@@ -15,6 +15,9 @@ pub(crate) enum Imp {
     /// `async fn ready(events, _ctx)` does), so the stream keeps the copy of
     /// the request.
     TowerSseCtx,
+    /// Idle only: the README's quick start, an `async fn ready(events, _ctx)`
+    /// (which keeps its context), with a disconnect callback (which keeps it too).
+    TowerSseQuickstart,
     /// tower-sse with `spawn_ready()`.
     TowerSseSpawned,
     /// tower-sse with a stall timeout.
@@ -29,6 +32,7 @@ impl Named for Imp {
     const ALL: &'static [Imp] = &[
         Imp::TowerSse,
         Imp::TowerSseCtx,
+        Imp::TowerSseQuickstart,
         Imp::TowerSseSpawned,
         Imp::TowerSseStall,
         Imp::AxumSse,
@@ -41,6 +45,7 @@ impl Named for Imp {
         match self {
             Imp::TowerSse => "tower-sse",
             Imp::TowerSseCtx => "tower-sse-ctx",
+            Imp::TowerSseQuickstart => "tower-sse-quickstart",
             Imp::TowerSseSpawned => "tower-sse-spawned",
             Imp::TowerSseStall => "tower-sse-stall",
             Imp::AxumSse => "axum-sse",

@@ -109,11 +109,19 @@ fn router(scenario: &Scenario) -> Router {
                 events.closed().await;
             },
         )),
-        Imp::TowerSse | Imp::TowerSseCtx | Imp::TowerSseSpawned | Imp::TowerSseStall => tower_sse(
-            SseLayer::new(move |events: EventSender, _ctx: StreamContext| {
-                produce_tower_sse(events, gate.clone(), sc.clone(), data)
-            }),
+        Imp::TowerSseQuickstart if scenario.kind == Kind::Idle => tower_sse(
+            SseLayer::new(quickstart_ready)
+                .on_client_disconnect(|ctx, reason| tracing::debug!(uri = %ctx.uri(), ?reason)),
         ),
+        Imp::TowerSse
+        | Imp::TowerSseCtx
+        | Imp::TowerSseQuickstart
+        | Imp::TowerSseSpawned
+        | Imp::TowerSseStall => tower_sse(SseLayer::new(
+            move |events: EventSender, _ctx: StreamContext| {
+                produce_tower_sse(events, gate.clone(), sc.clone(), data)
+            },
+        )),
         Imp::AxumSse => Router::new().route(
             "/sse",
             get(move || {
@@ -163,6 +171,11 @@ fn router(scenario: &Scenario) -> Router {
             get(|| async { event_stream_response(axum::body::Body::new(BareBody)) }),
         ),
     }
+}
+
+/// The README quick start's shape: an `async fn` keeps its arguments until it returns.
+async fn quickstart_ready(events: EventSender, _ctx: StreamContext) {
+    events.closed().await;
 }
 
 fn event_stream_response(body: axum::body::Body) -> Response {
