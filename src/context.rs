@@ -2,7 +2,10 @@
 
 use std::{
     fmt,
-    sync::{Arc, LazyLock, OnceLock},
+    sync::{
+        Arc, LazyLock, OnceLock,
+        atomic::{AtomicBool, Ordering},
+    },
 };
 
 use http::{Extensions, HeaderMap, Method, Uri, Version, request::Parts, uri::PathAndQuery};
@@ -61,6 +64,20 @@ impl Keep {
     };
 }
 
+static HEADERS_HINTED: AtomicBool = AtomicBool::new(false);
+static EXTENSIONS_HINTED: AtomicBool = AtomicBool::new(false);
+
+/// Says, the first time in a process, that a layer's context was read for
+/// what it does not keep: an empty answer would otherwise pass unnoticed.
+fn hint_once(hinted: &AtomicBool, what: &str, setting: &str) {
+    if !hinted.swap(true, Ordering::Relaxed) {
+        tracing::warn!(
+            "StreamContext::{what}() of an SseLayer's stream: the layer keeps no request \
+             {what} (but Last-Event-ID) unless built with SseLayer::{setting}()"
+        );
+    }
+}
+
 /// The request line inline, the rest boxed only when there is some: a
 /// layer's default context is one 96-byte allocation (a whole copy of the
 /// request behind axum's router is about 1,000 bytes in 10).
@@ -71,6 +88,8 @@ struct Inner {
     /// An index into [`STANDARD_METHODS`], or [`OTHER_METHOD`] (then in `rest`).
     method: u8,
     version: Version,
+    /// What was kept: reading what was not logs a hint, once per process.
+    keep: Keep,
     rest: Option<Box<Rest>>,
 }
 
@@ -197,6 +216,7 @@ impl StreamContext {
                 origin_uri: OnceLock::new(),
                 method,
                 version,
+                keep,
                 rest: (!empty).then(|| Box::new(rest)),
             }),
         }
@@ -240,6 +260,14 @@ impl StreamContext {
     /// in a layer's, `Last-Event-ID` alone unless the layer keeps them
     /// ([`SseLayer::keep_headers`](crate::SseLayer::keep_headers)).
     pub fn headers(&self) -> &HeaderMap {
+        if !self.inner.keep.headers {
+            hint_once(&HEADERS_HINTED, "headers", "keep_headers");
+        }
+        self.kept_headers()
+    }
+
+    /// The headers kept, without the hint (`Last-Event-ID` is always kept).
+    pub(crate) fn kept_headers(&self) -> &HeaderMap {
         self.inner
             .rest
             .as_ref()
@@ -251,6 +279,9 @@ impl StreamContext {
     /// layer's, none unless the layer keeps them
     /// ([`SseLayer::keep_extensions`](crate::SseLayer::keep_extensions)).
     pub fn extensions(&self) -> &Extensions {
+        if !self.inner.keep.extensions {
+            hint_once(&EXTENSIONS_HINTED, "extensions", "keep_extensions");
+        }
         self.inner
             .rest
             .as_ref()
@@ -274,7 +305,7 @@ impl StreamContext {
     /// assert_eq!(ctx.last_event_id(), Some("41"));
     /// ```
     pub fn last_event_id(&self) -> Option<&str> {
-        last_event_id(self.headers())
+        last_event_id(self.kept_headers())
     }
 }
 

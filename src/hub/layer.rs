@@ -177,7 +177,7 @@ impl Hub {
         let subscription = if ctx.method() == http::Method::HEAD {
             None
         } else {
-            Some(self.subscription(topics, Resume::from_headers(ctx.headers()))?)
+            Some(self.subscription(topics, Resume::from_headers(ctx.kept_headers()))?)
         };
         Ok(SseResponse::for_subscription(ctx, subscription))
     }

@@ -117,7 +117,7 @@ impl Hub {
             let topics = topics(&ctx);
             // Only the id outlives this call, and only up to the cap: the
             // stream keeps no copy of the request.
-            let resume = Resume::from_headers(ctx.headers());
+            let resume = Resume::from_headers(ctx.kept_headers());
             drop(ctx);
             Box::pin(async move {
                 hub.subscribe_from(&events, resume, &topics).await;
