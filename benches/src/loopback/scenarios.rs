@@ -19,6 +19,9 @@ pub(crate) enum Imp {
     TowerSseSpawned,
     /// tower-sse with a stall timeout.
     TowerSseStall,
+    /// tower-sse with a named layer recording into a Prometheus recorder
+    /// (feature `metrics`).
+    TowerSseMetrics,
     AxumSse,
     RawHyper,
     RawJoin,
@@ -31,6 +34,7 @@ impl Named for Imp {
         Imp::TowerSseCtx,
         Imp::TowerSseSpawned,
         Imp::TowerSseStall,
+        Imp::TowerSseMetrics,
         Imp::AxumSse,
         Imp::RawHyper,
         Imp::RawJoin,
@@ -43,6 +47,7 @@ impl Named for Imp {
             Imp::TowerSseCtx => "tower-sse-ctx",
             Imp::TowerSseSpawned => "tower-sse-spawned",
             Imp::TowerSseStall => "tower-sse-stall",
+            Imp::TowerSseMetrics => "tower-sse-metrics",
             Imp::AxumSse => "axum-sse",
             Imp::RawHyper => "raw-hyper",
             Imp::RawJoin => "raw-join",
