@@ -6,6 +6,7 @@
 //! cargo bench -p tower-sse-benches --all-features --no-run   # builds release/load
 //! target/release/load loopback [options]
 //! target/release/load fanout [options]
+//! target/release/load h2 [options]
 //! ```
 //!
 //! (`cargo run --release -p tower-sse-benches --features redis --bin load --
@@ -17,7 +18,9 @@
 //!   lists its options);
 //! - `fanout`: one topic, many subscribers; tower-sse's `Hub` against
 //!   `tokio::sync::broadcast` + axum's `Sse`, and on Redis
-//!   (`fanout/mod.rs` lists its options).
+//!   (`fanout/mod.rs` lists its options);
+//! - `h2`: the `loopback` servers over HTTP/2 (h2c), many streams on each
+//!   connection (`h2/mod.rs` lists its options).
 //!
 //! BENCHMARKS.md has the figures and how to read them.
 
@@ -25,6 +28,7 @@ mod chunked;
 mod cli;
 mod client;
 mod fanout;
+mod h2;
 mod loopback;
 mod process;
 mod stats;
@@ -37,6 +41,7 @@ fn main() -> Result<(), Error> {
     match args.first().map(String::as_str) {
         Some("loopback") => loopback::main(&args[1..]),
         Some("fanout") => fanout::main(&args[1..]),
-        _ => Err("usage: load loopback|fanout [options] (see BENCHMARKS.md)".into()),
+        Some("h2") => h2::main(&args[1..]),
+        _ => Err("usage: load loopback|fanout|h2 [options] (see BENCHMARKS.md)".into()),
     }
 }

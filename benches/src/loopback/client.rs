@@ -35,9 +35,9 @@ pub(crate) fn client(scenario: &Scenario) -> Result<(), Error> {
 /// Counts dispatched events (a blank line after at least one field line) in
 /// an SSE byte stream; comment-only blocks such as heartbeats do not count.
 #[derive(Default)]
-struct SseCounter {
-    events: u64,
-    bytes: u64,
+pub(crate) struct SseCounter {
+    pub(crate) events: u64,
+    pub(crate) bytes: u64,
     in_event: bool,
     lines: Lines<32>,
     /// Send-to-receive latencies in nanoseconds, when events carry stamps.
@@ -45,7 +45,7 @@ struct SseCounter {
 }
 
 impl SseCounter {
-    fn feed(&mut self, data: &[u8]) {
+    pub(crate) fn feed(&mut self, data: &[u8]) {
         self.bytes += data.len() as u64;
         let received_at = if self.latencies.is_some() {
             now_ns()

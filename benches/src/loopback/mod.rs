@@ -54,13 +54,17 @@
 //! - `tower-sse-spawned` (with `--impls`): tower-sse with `spawn_ready()`, the
 //!   ready function a task of its own feeding the buffer;
 //! - `tower-sse-stall` (with `--impls`): tower-sse with a 60 s
-//!   `stall_timeout`, each frame tracked until written.
+//!   `stall_timeout`, each frame tracked until written;
+//! - `tower-sse-metrics` (with `--impls`, feature `metrics`): tower-sse with
+//!   a named layer, its metrics recorded into a Prometheus recorder (the
+//!   report adds its ratio to `tower-sse`, run by run).
 //!
 //! The channel capacity (`--capacity`) is the same for every implementation.
 
-mod client;
+pub(crate) mod client;
+mod recorder;
 mod report;
-mod scenarios;
+pub(crate) mod scenarios;
 mod servers;
 
 use std::time::{Duration, Instant};

@@ -67,6 +67,16 @@ pub(crate) fn report(scenario: &Scenario, impls: &[Imp], results: &Results<Imp>)
             );
         }
     }
+    // Metrics on ÷ off, run by run.
+    if impls.contains(&Imp::TowerSse) {
+        for column in &columns {
+            let pair = (Imp::TowerSseMetrics, Imp::TowerSse);
+            if let Some(line) = results.ratio_line(pair, ("tower-sse-metrics", "tower-sse"), column)
+            {
+                println!("{line}");
+            }
+        }
+    }
     if !impls.contains(&Imp::AxumSse) {
         return;
     }

@@ -22,6 +22,9 @@ pub(crate) enum Imp {
     TowerSseSpawned,
     /// tower-sse with a stall timeout.
     TowerSseStall,
+    /// tower-sse with a named layer recording into a Prometheus recorder
+    /// (feature `metrics`).
+    TowerSseMetrics,
     AxumSse,
     RawHyper,
     RawJoin,
@@ -35,6 +38,7 @@ impl Named for Imp {
         Imp::TowerSseQuickstart,
         Imp::TowerSseSpawned,
         Imp::TowerSseStall,
+        Imp::TowerSseMetrics,
         Imp::AxumSse,
         Imp::RawHyper,
         Imp::RawJoin,
@@ -48,6 +52,7 @@ impl Named for Imp {
             Imp::TowerSseQuickstart => "tower-sse-quickstart",
             Imp::TowerSseSpawned => "tower-sse-spawned",
             Imp::TowerSseStall => "tower-sse-stall",
+            Imp::TowerSseMetrics => "tower-sse-metrics",
             Imp::AxumSse => "axum-sse",
             Imp::RawHyper => "raw-hyper",
             Imp::RawJoin => "raw-join",

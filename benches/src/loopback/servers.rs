@@ -30,13 +30,19 @@ use tokio::{
 };
 use tower_sse::{Event, EventSender, SseLayer, StreamContext};
 
-use super::scenarios::{Imp, Kind, Scenario, payload, stamped};
+use super::{
+    recorder,
+    scenarios::{Imp, Kind, Scenario, payload, stamped},
+};
 use crate::{Error, process};
 
 /// Largest frame `raw-join` assembles, as tower-sse's.
 const MAX_FRAME: usize = 64 * 1024;
 
 pub(crate) fn server(scenario: &Scenario) -> Result<(), Error> {
+    if scenario.imp == Imp::TowerSseMetrics {
+        recorder::install()?;
+    }
     process::runtime("current")?.block_on(async {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let port = listener.local_addr()?.port();
@@ -88,13 +94,14 @@ fn router(scenario: &Scenario) -> Router {
         match scenario.imp {
             Imp::TowerSseSpawned => layer = layer.spawn_ready(),
             Imp::TowerSseStall => layer = layer.stall_timeout(Duration::from_secs(60)),
+            Imp::TowerSseMetrics => layer = layer.name("load"),
             _ => {}
         }
         Router::new().route("/sse", get(|| async {}).layer(layer))
     };
     match scenario.imp {
         // Idle streams get the smallest producer that keeps them open.
-        Imp::TowerSse | Imp::TowerSseSpawned | Imp::TowerSseStall
+        Imp::TowerSse | Imp::TowerSseSpawned | Imp::TowerSseStall | Imp::TowerSseMetrics
             if scenario.kind == Kind::Idle =>
         {
             tower_sse(SseLayer::new(
@@ -117,7 +124,8 @@ fn router(scenario: &Scenario) -> Router {
         | Imp::TowerSseCtx
         | Imp::TowerSseQuickstart
         | Imp::TowerSseSpawned
-        | Imp::TowerSseStall => tower_sse(SseLayer::new(
+        | Imp::TowerSseStall
+        | Imp::TowerSseMetrics => tower_sse(SseLayer::new(
             move |events: EventSender, _ctx: StreamContext| {
                 produce_tower_sse(events, gate.clone(), sc.clone(), data)
             },
