@@ -19,6 +19,8 @@ use crate::{
 /// [`SendError::Invalid`] at the call site and never reaches the wire.
 pub struct EventSender {
     queue: Arc<Queue>,
+    /// `sse_event_payload_bytes` (nothing without the `metrics` feature).
+    payload: telemetry::Histogram,
 }
 
 impl EventSender {
@@ -31,7 +33,10 @@ impl EventSender {
     }
 
     pub(crate) fn new(queue: Arc<Queue>) -> Self {
-        Self { queue }
+        Self {
+            queue,
+            payload: telemetry::Histogram::payload(),
+        }
     }
 
     /// Sends an event, waiting for room in a fixed buffer (core.async's `>!!`).
@@ -66,7 +71,7 @@ impl EventSender {
             .push(bytes)
             .await
             .map_err(|_| SendError::Closed)?;
-        telemetry::event_payload(len);
+        self.payload.bytes(len);
         tracing::trace!(bytes = len, "event queued");
         Ok(())
     }
@@ -114,7 +119,7 @@ impl EventSender {
         let len = bytes.len();
         match self.queue.try_push(bytes) {
             Ok(()) => {
-                telemetry::event_payload(len);
+                self.payload.bytes(len);
                 tracing::trace!(bytes = len, "event queued");
                 Ok(())
             }
@@ -206,6 +211,7 @@ impl Clone for EventSender {
         self.queue.add_sender();
         Self {
             queue: self.queue.clone(),
+            payload: self.payload.clone(),
         }
     }
 }

@@ -68,6 +68,9 @@ pub(crate) struct Subscription {
     /// (on Redis, once the node follows its topics), so that an event
     /// published once it is counted reaches it.
     counted: bool,
+    /// `sse_hub_delivery_seconds`, registered once per stream.
+    #[cfg(feature = "metrics")]
+    delivery: telemetry::Histogram,
 }
 
 struct Lane {
@@ -105,6 +108,8 @@ impl Subscription {
             closed: false,
             counted: false,
             resume: Resume::Live,
+            #[cfg(feature = "metrics")]
+            delivery: telemetry::Histogram::delivery(),
         };
         #[cfg(feature = "redis")]
         if let Some(backend) = &inner.redis {
@@ -381,7 +386,7 @@ impl Subscription {
         {
             let now = Instant::now();
             for at in published {
-                telemetry::hub_delivery(now.saturating_duration_since(at));
+                self.delivery.seconds(now.saturating_duration_since(at));
             }
         }
         if missed > 0 {
