@@ -70,6 +70,12 @@ async fn a_slow_client_gets_the_latest_price_of_every_symbol() {
     let (rounds, news, dropped) = *sent.lock().unwrap();
     assert!(rounds < MAX_ROUNDS, "the buffer never conflated");
     let received = all_events(response).await;
+    println!(
+        "conflating: {rounds} rounds of {} prices and {news} news items sent, {} events \
+         received, {dropped} prices replaced",
+        SYMBOLS.len(),
+        received.len()
+    );
 
     // The latest price of every symbol arrived, and no price went back in time.
     let mut latest: BTreeMap<&str, u64> = BTreeMap::new();
