@@ -235,8 +235,10 @@ impl State {
             // send that waits is admitted only with a slot for it.
             self.dropped += 1;
             // With every slot granted, a sliding buffer has nothing older
-            // queued to drop: the new event is dropped.
-            if policy == Policy::DropNewest || self.events.is_empty() {
+            // queued to drop: the new event is dropped. (Nor does any other
+            // policy: a conflating queue's index follows the front only as
+            // the body takes it.)
+            if policy != Policy::DropOldest || self.events.is_empty() {
                 enqueued.dropped = Some((self.dropped, Policy::DropNewest));
                 enqueued.discarded = Some(bytes);
                 return enqueued;

@@ -12,8 +12,9 @@ use bytes::Bytes;
 use super::{Queue, ReadyPoll, Rejected, State, Waiter, WakeList};
 
 impl Queue {
-    /// Queues `bytes`, waiting for room under [`Policy::Wait`](crate::buffer::Policy::Wait) (first come,
-    /// first served); see [`Push`].
+    /// Queues `bytes`, waiting for room under
+    /// [`Policy::Wait`](crate::buffer::Policy::Wait) (first come, first
+    /// served); see [`Push`].
     #[cfg(all(test, tower_sse_loom))]
     pub(crate) fn push(&self, bytes: Bytes) -> Push<'_> {
         self.push_keyed(bytes, None)
@@ -21,7 +22,8 @@ impl Queue {
 
     /// Queues `bytes`, filed under `key` by a conflating buffer (see
     /// [`Queue::key_of`]): it replaces a queued event of `key`, or else
-    /// waits for room as under [`Policy::Wait`](crate::buffer::Policy::Wait); see [`Push`].
+    /// waits for room as under [`Policy::Wait`](crate::buffer::Policy::Wait);
+    /// see [`Push`].
     pub(crate) fn push_keyed(&self, bytes: Bytes, key: Option<String>) -> Push<'_> {
         Push {
             queue: self,
