@@ -109,7 +109,9 @@ impl Buffer {
     ///
     /// The ready function runs in a task of its own (as with a dropping or
     /// sliding buffer): its sends of a queued key never wait, so the body
-    /// cannot bound a poll of it.
+    /// cannot bound a poll of it. A hub's events sent through
+    /// [`Hub::ready`](crate::hub::Hub::ready) arrive encoded and are never
+    /// conflated: they wait in line, as with every buffer.
     ///
     /// ```
     /// use tower_sse::{Buffer, Event, SseLayer};
