@@ -21,7 +21,7 @@ use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use crate::{
     StreamContext,
-    buffer::Policy,
+    buffer::{Policy, Resolved},
     config::StreamConfig,
     frame::FrameBuilder,
     hub::Lagged,
@@ -229,18 +229,23 @@ impl EventStream {
         // A HEAD request gets the stream's headers and no body: no stream
         // starts, so nothing is counted, called or called back.
         let head = ctx.method() == Method::HEAD;
-        let (policy, capacity) = if head || subscription.is_some() {
-            (Policy::Wait, 1)
+        let buffer = if head || subscription.is_some() {
+            Resolved {
+                policy: Policy::Wait,
+                capacity: 1,
+                key: None,
+            }
         } else {
             config.buffer.resolve()
         };
+        let (policy, capacity) = (buffer.policy, buffer.capacity);
         let source = match subscription {
             Some(subscription) => Source::Hub {
                 subscription: Box::new(subscription),
                 started: false,
             },
             None => {
-                let queue = Arc::new(Queue::new(policy, capacity));
+                let queue = Arc::new(Queue::from_buffer(buffer));
                 Source::Queue {
                     ready_fn: ReadyState::Waiting(EventSender::new(queue.clone())),
                     queue,
@@ -414,7 +419,7 @@ impl State {
     fn count_written(&mut self, len: u64) {
         let events = self.events - self.events_counted;
         self.events_counted = self.events;
-        // Only dropping and sliding buffers drop (reading it takes the lock).
+        // Only dropping, sliding and conflating buffers drop (reading it takes the lock).
         let dropped = match &self.source {
             Source::Queue { queue, .. } if queue.policy() != Policy::Wait => {
                 let dropped = queue.dropped();

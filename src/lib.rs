@@ -105,7 +105,9 @@
 //!    hands on without another copy.
 //! 3. `queue/push.rs`, `Queue::push`: the bytes wait in the stream's bounded
 //!    queue (`queue.rs`, `Queue`); the [`Buffer`] policy (`buffer.rs`)
-//!    decides what a full queue does (wait, drop the newest, drop the oldest).
+//!    decides what a full queue does (wait, drop the newest, drop the oldest;
+//!    a conflating buffer replaces the queued event of the same key, through
+//!    its index in `queue/conflate.rs`).
 //! 4. `body.rs`, [`EventStream`]'s `poll_frame`: the body polls a
 //!    body-polled ready function (`body/ready.rs`, `ReadyState`, woken
 //!    through the queue: `queue/wake.rs`), takes what is queued into one

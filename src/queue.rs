@@ -27,15 +27,18 @@ use std::{
 use bytes::Bytes;
 
 use crate::{
-    buffer::Policy,
+    Event,
+    buffer::{ConflationKey, Policy, Resolved},
     frame::FrameBuilder,
     sync::{AtomicBool, Mutex, MutexGuard},
 };
 
 mod closed;
+mod conflate;
 mod push;
 mod wake;
 
+use conflate::Conflation;
 pub(crate) use wake::ReadyPoll;
 
 /// One stream's queue, shared by its senders and its body.
@@ -47,6 +50,10 @@ pub(crate) struct Queue {
     ready_woken: AtomicBool,
     policy: Policy,
     capacity: usize,
+    /// A conflating buffer's key function, called by the senders before
+    /// they lock (boxed: a thin pointer, so the other queues grow by 8 bytes,
+    /// not 16).
+    key: Option<Box<ConflationKey>>,
 }
 
 struct State {
@@ -73,6 +80,9 @@ struct State {
     /// `EventSender::closed()` calls waiting for the end.
     closing: Vec<Waiter>,
     next_id: u64,
+    /// Where each key's event is queued: a conflating buffer only (boxed,
+    /// so the other queues stay the size they were).
+    conflation: Option<Box<Conflation>>,
 }
 
 struct Waiter {
@@ -101,7 +111,8 @@ pub(crate) enum Ended {
 #[derive(Default)]
 struct Enqueued {
     receiver: Option<Waker>,
-    /// The event a dropping policy discarded (the new one or the oldest).
+    /// The event a dropping policy discarded (the new one or the oldest),
+    /// or the one a conflating buffer replaced.
     discarded: Option<Bytes>,
     /// The drop count after a discard, for `tracing`.
     dropped: Option<(u64, Policy)>,
@@ -112,10 +123,16 @@ impl Enqueued {
     fn finish(self) {
         drop(self.discarded);
         if let Some((dropped, policy)) = self.dropped {
-            if policy == Policy::DropNewest {
-                tracing::debug!(dropped, "buffer full: dropped the newest event");
-            } else {
-                tracing::debug!(dropped, "buffer full: dropped the oldest event");
+            match policy {
+                Policy::DropNewest => {
+                    tracing::debug!(dropped, "buffer full: dropped the newest event");
+                }
+                Policy::DropOldest => {
+                    tracing::debug!(dropped, "buffer full: dropped the oldest event");
+                }
+                Policy::Conflate | Policy::Wait => {
+                    tracing::trace!(dropped, "conflated: replaced the queued event of its key");
+                }
             }
         }
         if let Some(waker) = self.receiver {
@@ -162,17 +179,66 @@ impl State {
             && self.events.len() + (self.granted as usize) < capacity
     }
 
+    /// Whether an event of `key` is queued, to be replaced (a conflating
+    /// buffer only): such a send needs no slot.
+    fn holds_key(&self, key: Option<&str>) -> bool {
+        match (key, &self.conflation) {
+            (Some(key), Some(conflation)) => conflation.position(key).is_some(),
+            _ => false,
+        }
+    }
+
+    /// Replaces the queued event of `key` with `bytes` (a conflating
+    /// buffer), counting the replaced one as dropped; gives `bytes` back
+    /// when no event of `key` is queued.
+    fn replace(&mut self, bytes: Bytes, key: &str, enqueued: &mut Enqueued) -> Result<(), Bytes> {
+        let Some(at) = self.conflation.as_ref().and_then(|c| c.position(key)) else {
+            return Err(bytes);
+        };
+        let Some(queued) = self.events.get_mut(at) else {
+            return Err(bytes);
+        };
+        self.queued_bytes = self.queued_bytes - queued.len() + bytes.len();
+        enqueued.discarded = Some(std::mem::replace(queued, bytes));
+        self.dropped += 1;
+        enqueued.dropped = Some((self.dropped, Policy::Conflate));
+        Ok(())
+    }
+
     /// Queues `bytes`, applying a dropping policy when full (counting the
-    /// slots granted to waiting sends as taken: they are kept for them).
-    fn enqueue(&mut self, bytes: Bytes, policy: Policy, capacity: usize) -> Enqueued {
+    /// slots granted to waiting sends as taken: they are kept for them), or
+    /// a conflating buffer's replacement when an event of `key` is queued.
+    fn enqueue(
+        &mut self,
+        bytes: Bytes,
+        key: Option<String>,
+        policy: Policy,
+        capacity: usize,
+    ) -> Enqueued {
         let mut enqueued = Enqueued::default();
+        if let Some(key) = key.filter(|_| self.conflation.is_some()) {
+            let bytes = match self.replace(bytes, &key, &mut enqueued) {
+                Ok(()) => return enqueued,
+                Err(bytes) => bytes,
+            };
+            // A conflating buffer's sends wait for room: there is a slot.
+            self.queued_bytes += bytes.len();
+            self.events.push_back(bytes);
+            if let Some(conflation) = &mut self.conflation {
+                conflation.pushed(key, self.events.len(), capacity);
+            }
+            enqueued.receiver = self.receiver.take();
+            return enqueued;
+        }
         if self.events.len() + self.granted as usize >= capacity {
             // Only a dropping policy's sends that do not wait get here: a
             // send that waits is admitted only with a slot for it.
             self.dropped += 1;
             // With every slot granted, a sliding buffer has nothing older
-            // queued to drop: the new event is dropped.
-            if policy == Policy::DropNewest || self.events.is_empty() {
+            // queued to drop: the new event is dropped. (Nor does any other
+            // policy: a conflating queue's index follows the front only as
+            // the body takes it.)
+            if policy != Policy::DropOldest || self.events.is_empty() {
                 enqueued.dropped = Some((self.dropped, Policy::DropNewest));
                 enqueued.discarded = Some(bytes);
                 return enqueued;
@@ -227,6 +293,16 @@ fn wake_all(wakers: Vec<Waker>) {
 }
 
 impl Queue {
+    /// The queue of a stream with `buffer` (see [`Queue::new`]).
+    pub(crate) fn from_buffer(buffer: Resolved) -> Self {
+        let mut queue = Self::new(buffer.policy, buffer.capacity);
+        queue.key = buffer
+            .key
+            .filter(|_| buffer.policy == Policy::Conflate)
+            .map(Box::new);
+        queue
+    }
+
     /// A queue with one sender registered. A fixed buffer may be as large as
     /// memory allows: its room is a count, not a semaphore's permits.
     pub(crate) fn new(policy: Policy, capacity: usize) -> Self {
@@ -245,12 +321,27 @@ impl Queue {
                 granted: 0,
                 closing: Vec::new(),
                 next_id: 0,
+                conflation: (policy == Policy::Conflate).then(Box::default),
             }),
             // Set: a body-polled ready function is polled first at the first poll.
             ready_woken: AtomicBool::new(true),
             policy,
             capacity: capacity.max(1),
+            key: None,
         }
+    }
+
+    /// The key a conflating buffer files `event` under (`None` for every
+    /// other buffer, which calls nothing). Runs the user's key function:
+    /// never under the lock.
+    pub(crate) fn key_of(&self, event: &Event) -> Option<String> {
+        self.key.as_ref().and_then(|key| key(event))
+    }
+
+    /// Whether a send finding the queue full waits for room (a fixed or a
+    /// conflating buffer) rather than drop an event.
+    fn waits_when_full(&self) -> bool {
+        matches!(self.policy, Policy::Wait | Policy::Conflate)
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -261,15 +352,26 @@ impl Queue {
     }
 
     /// Queues `bytes` if there is room now (never ahead of a waiting send).
+    #[cfg(test)]
     pub(crate) fn try_push(&self, bytes: Bytes) -> Result<(), Rejected> {
+        self.try_push_keyed(bytes, None)
+    }
+
+    /// Queues `bytes`, filed under `key` by a conflating buffer (see
+    /// [`Queue::key_of`]), if there is room now (never ahead of a waiting
+    /// send) or an event of `key` to replace.
+    pub(crate) fn try_push_keyed(&self, bytes: Bytes, key: Option<String>) -> Result<(), Rejected> {
         let mut state = self.lock();
         if state.closed {
             return Err(Rejected::Closed);
         }
-        if self.policy == Policy::Wait && !state.admits_newcomer(self.capacity) {
+        if self.waits_when_full()
+            && !state.admits_newcomer(self.capacity)
+            && !state.holds_key(key.as_deref())
+        {
             return Err(Rejected::Full);
         }
-        let enqueued = state.enqueue(bytes, self.policy, self.capacity);
+        let enqueued = state.enqueue(bytes, key, self.policy, self.capacity);
         drop(state);
         enqueued.finish();
         Ok(())
@@ -325,6 +427,9 @@ impl Queue {
                 state.queued_bytes -= bytes.len();
                 taken += 1;
                 frame.push(bytes, state.queued_bytes);
+            }
+            if let Some(conflation) = &mut state.conflation {
+                conflation.popped(taken);
             }
             if !frame.is_empty() {
                 let old = state.receiver.take();
@@ -422,7 +527,11 @@ impl Queue {
         let (discarded, wakers) = {
             let mut state = self.lock();
             state.queued_bytes = 0;
-            (std::mem::take(&mut state.events), state.close())
+            let discarded = std::mem::take(&mut state.events);
+            if let Some(conflation) = &mut state.conflation {
+                conflation.popped(discarded.len());
+            }
+            (discarded, state.close())
         };
         drop(discarded);
         wake_all(wakers);

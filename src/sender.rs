@@ -42,7 +42,9 @@ impl EventSender {
     /// Sends an event, waiting for room in a fixed buffer (core.async's `>!!`).
     ///
     /// With a dropping or sliding buffer it never waits: when full, an event is
-    /// dropped and counted (see [`dropped`](Self::dropped)).
+    /// dropped and counted (see [`dropped`](Self::dropped)). With a
+    /// [conflating](crate::Buffer::conflating) buffer it replaces the queued
+    /// event of its key, or else waits for room as with a fixed buffer.
     ///
     /// # Errors
     ///
@@ -65,10 +67,13 @@ impl EventSender {
     /// # }
     /// ```
     pub async fn send(&self, event: impl Into<Event>) -> Result<(), SendError> {
-        let bytes = event.into().into_frame().map_err(SendError::Invalid)?;
+        let event = event.into();
+        // The buffer's key (user code) runs before the queue's lock.
+        let key = self.queue.key_of(&event);
+        let bytes = event.into_frame().map_err(SendError::Invalid)?;
         let len = bytes.len();
         self.queue
-            .push(bytes)
+            .push_keyed(bytes, key)
             .await
             .map_err(|_| SendError::Closed)?;
         self.payload.bytes(len);
@@ -91,7 +96,8 @@ impl EventSender {
     ///
     /// # Errors
     ///
-    /// [`TrySendError::Full`] gives the event back when a fixed buffer is full;
+    /// [`TrySendError::Full`] gives the event back when a fixed buffer is full
+    /// (or a conflating one, and no event of its key is queued);
     /// [`TrySendError::Closed`] once the stream has ended;
     /// [`TrySendError::Invalid`] when the event cannot be encoded.
     ///
@@ -117,7 +123,7 @@ impl EventSender {
         let event = event.into();
         let bytes = event.encode().map_err(TrySendError::Invalid)?;
         let len = bytes.len();
-        match self.queue.try_push(bytes) {
+        match self.queue.try_push_keyed(bytes, self.queue.key_of(&event)) {
             Ok(()) => {
                 self.payload.bytes(len);
                 tracing::trace!(bytes = len, "event queued");
@@ -185,7 +191,8 @@ impl EventSender {
         self.queue.is_closed()
     }
 
-    /// How many events the buffer policy has dropped on this stream so far.
+    /// How many events the buffer policy has dropped on this stream so far
+    /// (with a conflating buffer: how many queued events were replaced).
     pub fn dropped(&self) -> u64 {
         self.queue.dropped()
     }
@@ -245,7 +252,8 @@ pub enum SendError {
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum TrySendError {
-    /// A fixed buffer is full; the event is given back.
+    /// A fixed buffer is full (or a conflating one, and no event of its key
+    /// is queued); the event is given back.
     Full(Event),
     /// The stream has ended (the client went away or the stream was closed).
     Closed,

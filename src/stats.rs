@@ -23,8 +23,9 @@ pub fn active_streams() -> usize {
 ///
 /// Live: the stream counts change as streams open and close, and the event,
 /// byte and drop totals as each frame is handed to the connection (drops of
-/// a fixed buffer never happen; a dropping or sliding buffer's are counted
-/// at the next frame, or when the stream ends).
+/// a fixed buffer never happen; a dropping or sliding buffer's, and the
+/// events a conflating buffer replaced, are counted at the next frame, or
+/// when the stream ends).
 #[derive(Clone, Debug, Default)]
 pub struct SseStats {
     counters: Arc<Counters>,
@@ -67,7 +68,8 @@ impl SseStats {
         self.counters.bytes.load(Relaxed)
     }
 
-    /// Events dropped by buffer policies so far.
+    /// Events dropped by buffer policies so far (a conflating buffer's
+    /// replaced events included).
     pub fn events_dropped(&self) -> u64 {
         self.counters.dropped.load(Relaxed)
     }

@@ -12,7 +12,7 @@
 //! | `sse_streams_closed_total` | counter | streams ended, by `reason` (`completed`, `client_disconnected`, `panicked`, `shutdown`, `stalled`, `lagged`) |
 //! | `sse_events_sent_total` | counter | events handed to the connection |
 //! | `sse_sent_bytes_total` | counter | bytes handed to the connection (events and heartbeats) |
-//! | `sse_events_dropped_total` | counter | events a dropping or sliding buffer dropped |
+//! | `sse_events_dropped_total` | counter | events a dropping or sliding buffer dropped, or a conflating one replaced |
 //! | `sse_event_payload_bytes` | histogram | the size of each event sent or published, encoded (Pedestal's payload-size histogram) |
 //! | `sse_hub_published_total` | counter | events published to a hub |
 //! | `sse_hub_lagged_events_total` | counter | events hub streams missed because they fell behind |

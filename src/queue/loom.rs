@@ -11,9 +11,10 @@
 //! receives can be checked against what was sent.
 //!
 //! The models are in `room.rs` (who gets the buffer's room: sends waiting
-//! in line, cancelled sends, dropping and sliding buffers) and `ending.rs`
-//! (the ways a stream ends while sends are under way, and the wake-up of
-//! the ready function the body polls); this file is their harness.
+//! in line, cancelled sends, dropping and sliding buffers), `conflate.rs`
+//! (a conflating buffer's replacements beside a send waiting in line) and
+//! `ending.rs` (the ways a stream ends while sends are under way, and the
+//! wake-up of the ready function the body polls); this file is their harness.
 
 use std::{future::poll_fn, pin::pin, sync::Arc, task::Wake};
 
@@ -21,6 +22,7 @@ use ::loom::{model::Builder, thread};
 
 use super::*;
 
+mod conflate;
 mod ending;
 mod room;
 

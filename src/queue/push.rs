@@ -10,17 +10,27 @@ use std::{
 use bytes::Bytes;
 
 use super::{Queue, ReadyPoll, Rejected, State, Waiter, WakeList};
-use crate::buffer::Policy;
 
 impl Queue {
-    /// Queues `bytes`, waiting for room under [`Policy::Wait`] (first come,
-    /// first served); see [`Push`].
+    /// Queues `bytes`, waiting for room under
+    /// [`Policy::Wait`](crate::buffer::Policy::Wait) (first come, first
+    /// served); see [`Push`].
+    #[cfg(all(test, tower_sse_loom))]
     pub(crate) fn push(&self, bytes: Bytes) -> Push<'_> {
+        self.push_keyed(bytes, None)
+    }
+
+    /// Queues `bytes`, filed under `key` by a conflating buffer (see
+    /// [`Queue::key_of`]): it replaces a queued event of `key`, or else
+    /// waits for room as under [`Policy::Wait`](crate::buffer::Policy::Wait);
+    /// see [`Push`].
+    pub(crate) fn push_keyed(&self, bytes: Bytes, key: Option<String>) -> Push<'_> {
         Push {
             queue: self,
             bytes: Some(bytes),
+            key,
             waiter: None,
-            waits: self.policy == Policy::Wait,
+            waits: self.waits_when_full(),
         }
     }
 
@@ -34,6 +44,7 @@ impl Queue {
         Push {
             queue: self,
             bytes: Some(bytes),
+            key: None,
             waiter: None,
             waits: true,
         }
@@ -53,10 +64,12 @@ impl Queue {
 pub(crate) struct Push<'a> {
     queue: &'a Queue,
     bytes: Option<Bytes>,
+    /// Its key in a conflating buffer (taken when it is queued).
+    key: Option<String>,
     /// Its place among the waiting sends, once it waits.
     waiter: Option<u64>,
-    /// It waits for room when full (a fixed buffer, or `push_waiting`);
-    /// otherwise the policy drops an event.
+    /// It waits for room when full (a fixed or conflating buffer, or
+    /// `push_waiting`); otherwise the policy drops an event.
     waits: bool,
 }
 
@@ -80,7 +93,14 @@ impl Future for Push<'_> {
                 drop(removed);
                 return Poll::Ready(Err(Rejected::Closed));
             }
+            let mut left = None;
             let admitted = match (this.waits, this.waiter) {
+                // It replaces the queued event of its key and needs no
+                // slot (one it was granted passes to the next in line).
+                (true, _) if state.holds_key(this.key.as_deref()) => {
+                    left = Some(this.leave(&mut state));
+                    true
+                }
                 (true, None) => state.admits_newcomer(queue.capacity),
                 (true, Some(id)) => {
                     let position = state.waiting.iter().position(|w| w.id == id);
@@ -99,8 +119,13 @@ impl Future for Push<'_> {
             };
             if admitted {
                 let bytes = this.bytes.take().unwrap_or_default();
-                let enqueued = state.enqueue(bytes, queue.policy, queue.capacity);
+                let key = this.key.take();
+                let enqueued = state.enqueue(bytes, key, queue.policy, queue.capacity);
                 drop(state);
+                if let Some((removed, mut wakes)) = left {
+                    drop(removed);
+                    wakes.wake_all();
+                }
                 enqueued.finish();
                 if let Some(coop) = coop {
                     coop.made_progress();
