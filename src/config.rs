@@ -49,6 +49,9 @@ pub(crate) struct StreamConfig {
     pub(crate) heartbeat_comment: Bytes,
     /// Written before the first event: a `retry` field, if set.
     pub(crate) first_frame: Option<Bytes>,
+    /// Compress streams whose request accepts an enabled encoding.
+    #[cfg(feature = "compression")]
+    pub(crate) compression: Option<crate::Compression>,
 }
 
 impl StreamConfig {
@@ -73,6 +76,8 @@ impl StreamConfig {
             name: None,
             heartbeat_comment: Bytes::from_static(HEARTBEAT),
             first_frame: None,
+            #[cfg(feature = "compression")]
+            compression: None,
         }
     }
 

@@ -66,6 +66,9 @@
 //!   reads its stream as a browser would.
 //! - `metrics`: live series through the `metrics` facade (the table is in
 //!   `src/telemetry.rs` and the README); [`SseLayer::name`] labels them.
+//! - `gzip`, `deflate`, `br`, `zstd` (each enables `compression`):
+//!   compressed streams, negotiated per request from `Accept-Encoding`
+//!   and flushed at every frame (`SseLayer::compression`).
 //!
 //! # Beyond Pedestal
 //!
@@ -127,6 +130,8 @@
 
 mod body;
 mod buffer;
+#[cfg(feature = "compression")]
+mod compression;
 mod config;
 mod context;
 mod event;
@@ -147,6 +152,9 @@ pub mod testing;
 
 pub use body::{DisconnectReason, EventStream, StreamError};
 pub use buffer::Buffer;
+#[cfg(feature = "compression")]
+#[cfg_attr(docsrs, doc(cfg(feature = "compression")))]
+pub use compression::{Compression, CompressionLevel};
 pub use config::{DEFAULT_BUFFER, DEFAULT_HEARTBEAT};
 pub use context::{LAST_EVENT_ID, LastEventId, StreamContext};
 pub use event::{Event, EventError};
