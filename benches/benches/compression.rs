@@ -40,7 +40,20 @@ struct Setting {
     compression: Option<Compression>,
 }
 
+/// Labels to keep (`cargo bench ... -- memory br`); none keeps all.
+static FILTERS: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+
 fn settings() -> Vec<Setting> {
+    let mut all = all_settings();
+    if let Some(filters) = FILTERS.get() {
+        all.retain(|s| {
+            s.compression.is_none() || filters.iter().any(|f| s.label.contains(f.as_str()))
+        });
+    }
+    all
+}
+
+fn all_settings() -> Vec<Setting> {
     let only = |accept: &'static str| {
         let all = Compression::default();
         match accept {
@@ -80,24 +93,29 @@ fn settings() -> Vec<Setting> {
             compression: level("deflate", Dflt),
         },
         Setting {
-            label: "br 1, window 16",
-            accept: "br",
-            compression: level("br", Fastest),
-        },
-        Setting {
-            label: "br 5, window 16 (default)",
+            label: "br 2, window 16 (default)",
             accept: "br",
             compression: level("br", Dflt),
         },
         Setting {
-            label: "br 5, window 22",
+            label: "br 3, window 16",
             accept: "br",
-            compression: window("br", Dflt, 22),
+            compression: level("br", Precise(3)),
         },
         Setting {
-            label: "br 9, window 16",
+            label: "br 4, window 16",
             accept: "br",
-            compression: level("br", Precise(9)),
+            compression: level("br", Precise(4)),
+        },
+        Setting {
+            label: "br 5, window 16",
+            accept: "br",
+            compression: level("br", Precise(5)),
+        },
+        Setting {
+            label: "br 2, window 22",
+            accept: "br",
+            compression: window("br", Dflt, 22),
         },
         Setting {
             label: "br 11, window 16",
@@ -105,14 +123,19 @@ fn settings() -> Vec<Setting> {
             compression: level("br", Best),
         },
         Setting {
-            label: "zstd 1, window 16",
+            label: "zstd 1, window 14",
             accept: "zstd",
             compression: level("zstd", Fastest),
         },
         Setting {
-            label: "zstd 3, window 16 (default)",
+            label: "zstd 3, window 14 (default)",
             accept: "zstd",
             compression: level("zstd", Dflt),
+        },
+        Setting {
+            label: "zstd 3, window 16",
+            accept: "zstd",
+            compression: window("zstd", Dflt, 16),
         },
         Setting {
             label: "zstd 3, window 21",
@@ -120,12 +143,12 @@ fn settings() -> Vec<Setting> {
             compression: window("zstd", Dflt, 21),
         },
         Setting {
-            label: "zstd 9, window 16",
+            label: "zstd 9, window 14",
             accept: "zstd",
             compression: level("zstd", Precise(9)),
         },
         Setting {
-            label: "zstd 19, window 16",
+            label: "zstd 19, window 14",
             accept: "zstd",
             compression: level("zstd", Best),
         },
@@ -202,11 +225,11 @@ fn tower_run(setting: &Setting, events: &[String]) -> (f64, f64) {
 }
 
 /// The same events through axum's `Sse` (uncompressed: it has no compression).
-fn axum_run(events: &[String]) -> (f64, f64) {
+fn axum_run(events: &'static [String]) -> (f64, f64) {
     let waker = futures::task::noop_waker();
     let mut cx = Context::from_waker(&waker);
     let mut next = 0;
-    let source = futures::stream::poll_fn(|_| {
+    let source = futures::stream::poll_fn(move |_| {
         let event = events
             .get(next)
             .map(|data| Ok::<_, Infallible>(AxumEvent::default().data(data)));
@@ -234,9 +257,9 @@ fn median(mut values: Vec<f64>) -> f64 {
 /// Wire bytes and CPU per event: runs interleaved with axum's, medians of
 /// `RUNS`, each ratio run by run against the axum run just before.
 fn wire_table() {
-    const EVENTS: usize = 20_000;
-    const RUNS: usize = 7;
-    let events: Vec<String> = (0..EVENTS).map(json).collect();
+    const EVENTS: usize = 5_000;
+    const RUNS: usize = 5;
+    let events: &'static [String] = Vec::leak((0..EVENTS).map(json).collect());
     let _runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -248,7 +271,7 @@ fn wire_table() {
     println!("| setting | bytes/event | vs identity | ns/event | vs axum `Sse` |");
     println!("| --- | ---: | ---: | ---: | ---: |");
     let mut identity_bytes = 0.0;
-    let axum: Vec<(f64, f64)> = (0..RUNS).map(|_| axum_run(&events)).collect();
+    let axum: Vec<(f64, f64)> = (0..RUNS).map(|_| axum_run(events)).collect();
     let (axum_bytes, axum_ns) = (axum[0].0, median(axum.iter().map(|r| r.1).collect()));
     println!("| axum `Sse` | {axum_bytes:.1} | | {axum_ns:.0} | 1.00× |");
     for setting in settings() {
@@ -256,8 +279,8 @@ fn wire_table() {
         let mut ratios = Vec::new();
         let mut bytes = 0.0;
         for _ in 0..RUNS {
-            let (_, axum_ns) = axum_run(&events);
-            let (b, n) = tower_run(&setting, &events);
+            let (_, axum_ns) = axum_run(events);
+            let (b, n) = tower_run(&setting, events);
             bytes = b;
             ns.push(n);
             ratios.push(n / axum_ns);
@@ -285,8 +308,8 @@ fn rss() -> u64 {
 /// In a child: opens `STREAMS` streams of one setting, each writing one
 /// event, and prints the RSS growth per stream.
 fn memory_child(index: usize) {
-    const STREAMS: usize = 2_000;
-    let setting = &settings()[index];
+    const STREAMS: usize = 500;
+    let setting = &all_settings()[index];
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -319,13 +342,16 @@ fn memory_child(index: usize) {
 
 fn memory_table() {
     println!(
-        "\n### RSS per idle stream after one event (2,000 streams, a fresh process per setting)\n"
+        "\n### RSS per idle stream after one event (500 streams, a fresh process per setting)\n"
     );
     println!("| setting | bytes per stream | over identity | 10,000 streams |");
     println!("| --- | ---: | ---: | ---: |");
     let exe = std::env::current_exe().unwrap();
     let mut identity = 0.0;
-    for (index, setting) in settings().iter().enumerate() {
+    for (index, setting) in all_settings().iter().enumerate() {
+        if !settings().iter().any(|s| s.label == setting.label) {
+            continue;
+        }
         let output = std::process::Command::new(&exe)
             .env("TOWER_SSE_MEMORY_CHILD", index.to_string())
             .output()
@@ -356,7 +382,19 @@ fn main() {
         .skip(1)
         .filter(|a| !a.starts_with("--"))
         .collect();
-    let wants = |table: &str| args.is_empty() || args.iter().any(|a| a == table);
+    let tables = ["memory", "wire"];
+    let wants = |table: &str| {
+        args.iter().any(|a| a == table) || !args.iter().any(|a| tables.contains(&a.as_str()))
+    };
+    // Any other word keeps only the settings whose label contains it (and identity).
+    let filters: Vec<String> = args
+        .iter()
+        .filter(|a| !tables.contains(&a.as_str()))
+        .cloned()
+        .collect();
+    if !filters.is_empty() {
+        FILTERS.set(filters).unwrap();
+    }
     if wants("memory") {
         memory_table();
     }
