@@ -111,6 +111,10 @@
 //!    frame (`frame.rs`, `FrameBuilder`, up to 64 KiB), and writes a
 //!    heartbeat comment after each silence; `stall.rs` watches a reader that
 //!    stopped.
+//!    On a compressed stream (feature `compression`), each frame goes
+//!    through the stream's compressor and is flushed
+//!    (`compression/encoder.rs`; the encoding was negotiated from
+//!    `Accept-Encoding` when the stream was made, `compression/negotiate.rs`).
 //! 5. `layer.rs`, [`ResponseBody`]: the layer's body hands the frame to
 //!    hyper, which writes it to the socket.
 //!
