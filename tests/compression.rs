@@ -361,3 +361,55 @@ async fn start_stream_compresses_too() {
     let seen = seen.lock().unwrap();
     assert_eq!(decode_whole("gzip", &seen.wire).unwrap(), seen.decoded);
 }
+
+/// A hub's frames take the same road: each published event is decodable
+/// before the next is published.
+#[tokio::test]
+async fn hub_streams_compress_event_by_event() {
+    let hub = tower_sse::hub::Hub::new();
+    let layer = hub_layer(&hub, tower_sse::Buffer::fixed(10), |_| vec!["main".into()])
+        .compression(Compression::default());
+    let addr = serve(route(layer)).await;
+    let response = request(addr, Some("zstd")).await;
+    assert_eq!(header(&response, "content-encoding"), Some("zstd"));
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let mut events = decoded_events(response, "zstd", seen.clone());
+    subscribed(&hub, 1).await;
+    for i in 0..10 {
+        hub.publish("main", json(i)).await.unwrap();
+        let event = next_event(&mut events).await.expect("the stream ended");
+        assert_eq!(event.data, json(i), "event {i}");
+    }
+}
+
+/// A graceful shutdown: the queued event and the shutdown event go out
+/// compressed, then the trailer, so the whole body decodes.
+#[tokio::test]
+async fn shutdown_ends_the_compressed_stream_cleanly() {
+    let shutdown = tower_sse::CancellationToken::new();
+    let ready = |events: EventSender, _ctx: StreamContext| async move {
+        let _ = events.send(json(1)).await;
+        events.closed().await;
+    };
+    let layer = SseLayer::new(ready)
+        .shutdown_on(shutdown.clone())
+        .shutdown_event(tower_sse::Event::new("bye").name("shutdown"))
+        .compression(Compression::default());
+    let addr = serve(route_in_mode(layer)).await;
+    let response = request(addr, Some("gzip")).await;
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let mut events = decoded_events(response, "gzip", seen.clone());
+    assert_eq!(next_event(&mut events).await.unwrap().data, json(1));
+    shutdown.cancel();
+    let last = next_event(&mut events).await.expect("no shutdown event");
+    assert_eq!(
+        (last.event.as_str(), last.data.as_str()),
+        ("shutdown", "bye")
+    );
+    assert!(
+        next_event(&mut events).await.is_none(),
+        "the stream did not end"
+    );
+    let seen = seen.lock().unwrap();
+    assert_eq!(decode_whole("gzip", &seen.wire).unwrap(), seen.decoded);
+}
