@@ -63,6 +63,10 @@ pub enum DisconnectReason {
     /// [`LagPolicy::Close`](crate::hub::LagPolicy::Close): the body ended cleanly
     /// and the client reconnects, resuming from `Last-Event-ID`.
     Lagged,
+    /// The stream's compressor failed: the body ended with
+    /// [`StreamError::Compression`].
+    #[cfg(feature = "compression")]
+    CompressionFailed,
 }
 
 /// Why an event stream's body failed. The connection is closed (HTTP/1) or
@@ -73,6 +77,10 @@ pub enum StreamError {
     /// The client stopped reading: a frame was not written for this long
     /// (the stream's stall timeout).
     Stalled(Duration),
+    /// The stream's compressor failed (see [`Compression`](crate::Compression)):
+    /// the body ends rather than send bytes the client cannot decode.
+    #[cfg(feature = "compression")]
+    Compression(String),
 }
 
 impl fmt::Display for StreamError {
@@ -81,6 +89,8 @@ impl fmt::Display for StreamError {
             Self::Stalled(timeout) => {
                 write!(f, "client stalled: nothing written for {timeout:?}")
             }
+            #[cfg(feature = "compression")]
+            Self::Compression(err) => write!(f, "compression failed: {err}"),
         }
     }
 }
@@ -188,6 +198,9 @@ struct State {
     dropped_counted: u64,
     metrics: StreamMetrics,
     phase: Phase,
+    /// The compressor of every frame, when the request chose an encoding.
+    #[cfg(feature = "compression")]
+    compressed: Option<Box<crate::compression::StreamCompressor>>,
 }
 
 /// Where a stream's events come from.
@@ -267,7 +280,12 @@ impl EventStream {
         } else {
             StreamMetrics::opened(config.name.as_deref())
         };
+        #[cfg(feature = "compression")]
+        let compressed =
+            crate::compression::StreamCompressor::for_request(&config, ctx.kept_headers());
         let state = State {
+            #[cfg(feature = "compression")]
+            compressed,
             first_pending: !head && config.first_frame.is_some(),
             source,
             ctx: Some(ctx),
@@ -292,6 +310,12 @@ impl EventStream {
             },
         };
         Self { state, timer: None }
+    }
+
+    /// The stream's `Content-Encoding`, if it is compressed.
+    #[cfg(feature = "compression")]
+    pub(crate) fn content_encoding(&self) -> Option<&'static str> {
+        self.state.compressed.as_ref().map(|c| c.content_encoding())
     }
 }
 
@@ -549,6 +573,11 @@ impl Body for EventStream {
                             Ended::Lagged => DisconnectReason::Lagged,
                         });
                         this.timer.set(None);
+                        // A compressed stream's trailer goes out before the end.
+                        #[cfg(feature = "compression")]
+                        if let Some(trailer) = state.compressed.take().and_then(|c| c.finish()) {
+                            return Poll::Ready(Some(Ok(Frame::data(trailer))));
+                        }
                         return Poll::Ready(None);
                     }
                 },
@@ -557,6 +586,19 @@ impl Body for EventStream {
                     None => return Poll::Pending,
                 },
             },
+        };
+        #[cfg(feature = "compression")]
+        let bytes = match &mut state.compressed {
+            Some(compressed) => match compressed.frame(&bytes) {
+                Ok(bytes) => bytes,
+                Err(err) => {
+                    tracing::error!(parent: state.span(), %err, "compression failed: ending the stream");
+                    state.finish(DisconnectReason::CompressionFailed);
+                    this.timer.set(None);
+                    return Poll::Ready(Some(Err(StreamError::Compression(err.to_string()))));
+                }
+            },
+            None => bytes,
         };
         if let (Some(timer), Some(delay)) = (this.timer.as_pin_mut(), state.config.heartbeat()) {
             // A later deadline only updates the timer entry (no re-registration).

@@ -52,6 +52,9 @@ pub(crate) struct StreamConfig {
     pub(crate) first_frame: Option<Bytes>,
     /// What a layer's stream contexts keep of the request.
     pub(crate) keep: Keep,
+    /// Compress streams whose request accepts an enabled encoding.
+    #[cfg(feature = "compression")]
+    pub(crate) compression: Option<crate::Compression>,
 }
 
 impl StreamConfig {
@@ -77,6 +80,8 @@ impl StreamConfig {
             heartbeat_comment: Bytes::from_static(HEARTBEAT),
             first_frame: None,
             keep: Keep::default(),
+            #[cfg(feature = "compression")]
+            compression: None,
         }
     }
 

@@ -55,12 +55,15 @@ pub struct StreamContext {
 pub(crate) struct Keep {
     pub(crate) headers: bool,
     pub(crate) extensions: bool,
+    /// `Accept-Encoding`, which a compressing layer's stream negotiates from.
+    pub(crate) accept_encoding: bool,
 }
 
 impl Keep {
     const ALL: Self = Self {
         headers: true,
         extensions: true,
+        accept_encoding: true,
     };
 }
 
@@ -203,8 +206,16 @@ impl StreamContext {
         };
         if keep.headers {
             rest.headers = headers.clone();
-        } else if let Some(value) = headers.get(LAST_EVENT_ID) {
-            rest.headers.insert(LAST_EVENT_ID, value.clone());
+        } else {
+            if let Some(value) = headers.get(LAST_EVENT_ID) {
+                rest.headers.insert(LAST_EVENT_ID, value.clone());
+            }
+            if keep.accept_encoding {
+                for value in headers.get_all(http::header::ACCEPT_ENCODING) {
+                    rest.headers
+                        .append(http::header::ACCEPT_ENCODING, value.clone());
+                }
+            }
         }
         if keep.extensions {
             rest.extensions = extensions.clone();
@@ -257,7 +268,8 @@ impl StreamContext {
     }
 
     /// The request headers: all of them in a context built from a request;
-    /// in a layer's, `Last-Event-ID` alone unless the layer keeps them
+    /// in a layer's, `Last-Event-ID` alone (and `Accept-Encoding` when the
+    /// layer compresses) unless the layer keeps them
     /// ([`SseLayer::keep_headers`](crate::SseLayer::keep_headers)).
     pub fn headers(&self) -> &HeaderMap {
         if !self.inner.keep.headers {
@@ -487,7 +499,7 @@ mod tests {
         assert!(lean.extensions().is_empty());
         let headers = Keep {
             headers: true,
-            extensions: false,
+            ..Keep::default()
         };
         let kept = StreamContext::kept(&request, headers);
         assert_eq!(kept.headers()["x-user"], "ada");

@@ -357,6 +357,38 @@ impl SseLayer {
         self
     }
 
+    /// Compresses each stream whose request accepts one of `compression`'s
+    /// encodings (negotiated from `Accept-Encoding`; see [`Compression`]):
+    /// every frame, heartbeats included, goes through the stream's
+    /// compressor and is flushed, so each event is decodable as soon as it
+    /// is written. Off by default.
+    ///
+    /// Each compressed stream keeps its compressor's window and tables while
+    /// it lives: tens to hundreds of KiB (the table is in [`Compression`]'s
+    /// module docs and BENCHMARKS.md). The counters and metrics count the
+    /// compressed bytes.
+    ///
+    /// ```
+    /// use tower_sse::{Compression, SseLayer};
+    ///
+    /// let layer = SseLayer::new(|events: tower_sse::EventSender, _ctx| async move {
+    ///     let _ = events.send(r#"{"symbol":"ACME","price":101.5}"#).await;
+    /// })
+    /// .compression(Compression::default());
+    /// # let _ = layer;
+    /// ```
+    ///
+    /// [`Compression`]: crate::Compression
+    #[cfg(feature = "compression")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "compression")))]
+    pub fn compression(mut self, compression: crate::Compression) -> Self {
+        let config = Arc::make_mut(&mut self.config);
+        config.compression = Some(compression);
+        // The stream negotiates from it (a lean context keeps it too).
+        config.keep.accept_encoding = true;
+        self
+    }
+
     /// The counters of this layer's streams (shared by its clones).
     pub fn stats(&self) -> SseStats {
         self.config.stats.clone().unwrap_or_default()
@@ -516,7 +548,15 @@ where
         };
         let (mut parts, _handler_body) = response.into_parts();
         set_stream_headers(&mut parts.headers, ctx.version(), config.connection_close);
+        #[cfg(feature = "compression")]
+        let compressing = config.clone();
         let stream = EventStream::new(config, ctx, subscription);
+        #[cfg(feature = "compression")]
+        crate::compression::set_headers(
+            &mut parts.headers,
+            &compressing,
+            stream.content_encoding(),
+        );
         Poll::Ready(Ok(Response::from_parts(
             parts,
             ResponseBody::stream(stream),

@@ -66,6 +66,9 @@
 //!   reads its stream as a browser would.
 //! - `metrics`: live series through the `metrics` facade (the table is in
 //!   `src/telemetry.rs` and the README); [`SseLayer::name`] labels them.
+//! - `gzip`, `deflate`, `br`, `zstd` (each enables `compression`):
+//!   compressed streams, negotiated per request from `Accept-Encoding`
+//!   and flushed at every frame (`SseLayer::compression`).
 //!
 //! # Beyond Pedestal
 //!
@@ -114,6 +117,10 @@
 //!    frame (`frame.rs`, `FrameBuilder`, up to 64 KiB), and writes a
 //!    heartbeat comment after each silence; `stall.rs` watches a reader that
 //!    stopped.
+//!    On a compressed stream (feature `compression`), each frame goes
+//!    through the stream's compressor and is flushed
+//!    (`compression/encoder.rs`; the encoding was negotiated from
+//!    `Accept-Encoding` when the stream was made, `compression/negotiate.rs`).
 //! 5. `layer.rs`, [`ResponseBody`]: the layer's body hands the frame to
 //!    hyper, which writes it to the socket.
 //!
@@ -133,6 +140,8 @@
 
 mod body;
 mod buffer;
+#[cfg(feature = "compression")]
+mod compression;
 mod config;
 mod context;
 mod event;
@@ -153,6 +162,9 @@ pub mod testing;
 
 pub use body::{DisconnectReason, EventStream, StreamError};
 pub use buffer::Buffer;
+#[cfg(feature = "compression")]
+#[cfg_attr(docsrs, doc(cfg(feature = "compression")))]
+pub use compression::{Compression, CompressionLevel};
 pub use config::{DEFAULT_BUFFER, DEFAULT_HEARTBEAT};
 pub use context::{LAST_EVENT_ID, LastEventId, StreamContext};
 pub use event::{Event, EventData, EventError};

@@ -189,6 +189,15 @@ impl SseResponse {
         self
     }
 
+    /// Compresses the stream if the request accepts one of `compression`'s
+    /// encodings, as [`SseLayer::compression`](crate::SseLayer::compression) does.
+    #[cfg(feature = "compression")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "compression")))]
+    pub fn compression(mut self, compression: crate::Compression) -> Self {
+        self.config.compression = Some(compression);
+        self
+    }
+
     /// Counts this stream in `stats` (for example a layer's, or one shared by handlers).
     pub fn stats(mut self, stats: &SseStats) -> Self {
         self.config.stats = Some(stats.clone());
@@ -199,12 +208,18 @@ impl SseResponse {
     pub fn into_http(self) -> http::Response<EventStream> {
         let version = self.ctx.version();
         let close = self.config.connection_close;
+        let config = Arc::new(self.config);
         let mut response = http::Response::new(EventStream::new(
-            Arc::new(self.config),
+            config.clone(),
             self.ctx,
             self.subscription,
         ));
         set_stream_headers(response.headers_mut(), version, close);
+        #[cfg(feature = "compression")]
+        {
+            let encoding = response.body().content_encoding();
+            crate::compression::set_headers(response.headers_mut(), &config, encoding);
+        }
         response
     }
 }

@@ -227,6 +227,8 @@ fn reason_label(reason: DisconnectReason) -> &'static str {
         DisconnectReason::Shutdown => "shutdown",
         DisconnectReason::Stalled => "stalled",
         DisconnectReason::Lagged => "lagged",
+        #[cfg(feature = "compression")]
+        DisconnectReason::CompressionFailed => "compression_failed",
         #[allow(unreachable_patterns)]
         _ => "other",
     }

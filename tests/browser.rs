@@ -422,6 +422,116 @@ async fn eventually_subscribed(hub: &tower_sse::hub::Hub, n: usize) {
     }
 }
 
+/// Compressed streams in the browser (feature `compression`): Chromium
+/// offers `gzip, deflate, br, zstd` (to 127.0.0.1, a secure origin), and
+/// its `EventSource` receives each event before the server sends the next,
+/// on a route per encoding (each allowing only its own). Nothing is held
+/// back in the compressor: each event is flushed with its frame.
+#[cfg(all(
+    feature = "gzip",
+    feature = "deflate",
+    feature = "br",
+    feature = "zstd"
+))]
+#[tokio::test]
+async fn compressed_streams_arrive_event_by_event() {
+    use axum::{Router, response::Html, routing::get};
+    use tower_sse::{Compression, EventSender, SseLayer, StreamContext};
+
+    const PAGE: &str = r#"<!doctype html><title>compressed</title><script>
+const state = window.sseState = { events: [], errors: 0 };
+const source = new EventSource("/" + location.search.slice(1) + "/events");
+source.onmessage = (e) => state.events.push(e.data);
+source.onerror = () => state.errors++;
+</script>"#;
+
+    let Some(chromium) = chromium() else { return };
+    bounded(async {
+        let (senders, mut streams) = tokio::sync::mpsc::unbounded_channel();
+        let ready = move |events: EventSender, ctx: StreamContext| {
+            let senders = senders.clone();
+            async move {
+                let accept = ctx.headers().get("accept-encoding").cloned();
+                let _ = senders.send((events.clone(), accept));
+                events.closed().await;
+            }
+        };
+        let layer = |compression| {
+            SseLayer::new(ready.clone())
+                .compression(compression)
+                .heartbeat(Duration::from_secs(5))
+        };
+        let all = Compression::default;
+        let encodings = [
+            ("gzip", all().no_deflate().no_br().no_zstd()),
+            ("deflate", all().no_gzip().no_br().no_zstd()),
+            ("br", all().no_gzip().no_deflate().no_zstd()),
+            ("zstd", all().no_gzip().no_deflate().no_br()),
+        ];
+        let mut app = Router::new().route("/", get(|| async { Html(PAGE) }));
+        let mut routes = Vec::new();
+        for (encoding, compression) in encodings {
+            let layer = layer(compression);
+            routes.push((encoding, layer.stats()));
+            app = app.route(&format!("/{encoding}/events"), get(|| async {}).layer(layer));
+        }
+        let addr = common::serve(app).await;
+        let browser = Chromium::launch(&chromium, format!("http://{addr}")).await;
+
+        // Each stream stays open to the end (a closed one would reconnect).
+        let mut open = Vec::new();
+        for (encoding, stats) in &routes {
+            let path = format!("/?{encoding}");
+            let page = browser.open(&path).await;
+            let (sender, accept) = tokio::time::timeout(PATIENCE, streams.recv())
+                .await
+                .expect("the page opened no stream")
+                .unwrap();
+            let accept = accept.expect("Chromium sent no Accept-Encoding");
+            eprintln!("Chromium's Accept-Encoding over http: {accept:?}");
+            assert!(
+                accept.to_str().unwrap().contains(encoding),
+                "Chromium sent {accept:?}"
+            );
+            let mut sent = 0;
+            for i in 0..8 {
+                // 200 bytes of JSON with the same keys each time.
+                let data = format!(
+                    r#"{{"id":{i},"symbol":"ACME","price":{}.25,"exchange":"XNAS","currency":"USD"}}"#,
+                    100 + i
+                );
+                let data = format!("{data:<200}");
+                sent += data.len();
+                sender.send(data.clone()).await.unwrap();
+                // The next event goes out only once the page has this one.
+                let deadline = Instant::now() + PATIENCE;
+                loop {
+                    let events: Vec<String> = evaluate(&page, "window.sseState.events").await;
+                    if events.len() == i + 1 {
+                        assert_eq!(events[i], data, "{path}");
+                        break;
+                    }
+                    assert!(events.len() <= i, "{path}: {events:?}");
+                    assert!(Instant::now() < deadline, "{path}: event {i} did not arrive");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+            let errors: u32 = evaluate(&page, "window.sseState.errors").await;
+            assert_eq!(errors, 0, "{path}: the EventSource saw an error");
+            // What went to the connection was compressed: fewer bytes than the data.
+            assert!(
+                stats.bytes_sent() < sent as u64,
+                "{path}: {} bytes written for {sent} bytes of data",
+                stats.bytes_sent()
+            );
+            open.push(sender);
+        }
+        browser.close().await;
+        drop(open);
+    })
+    .await;
+}
+
 // ---------------------------------------------------------------------------
 // What the checks expect
 

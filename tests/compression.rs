@@ -1,0 +1,415 @@
+//! Compressed streams over loopback TCP: for each encoding, the client
+//! decodes chunk by chunk with the decoder crates' own streaming decoders
+//! (flate2, brotli, zstd: not this crate's code) and parses with the
+//! independent `eventsource-stream`. Every event is readable before the
+//! next is sent, heartbeats arrive in silences, the trailer ends the
+//! compressed stream, and the headers and the negotiation are checked.
+
+mod common;
+
+use std::{
+    io::{Read, Write},
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use axum::{Router, routing::get};
+use bytes::Bytes;
+use common::*;
+use eventsource_stream::{Event, Eventsource};
+use futures::{Stream, StreamExt};
+use tokio::sync::mpsc;
+use tower_sse::{Compression, EventSender, SseLayer, StreamContext, start_stream};
+
+/// A 200-byte JSON object with the same keys each time, as a typical
+/// application's events are.
+fn json(i: usize) -> String {
+    let event = format!(
+        r#"{{"id":{i},"symbol":"ACME","price":{}.{:02},"volume":{},"exchange":"XNAS","currency":"USD","timestamp":"2026-12-02T06:{:02}:{:02}Z","bid":{}.5,"ask":{}.75,"status":"open"}}"#,
+        100 + i % 7,
+        i % 100,
+        1000 + 37 * i,
+        i / 60 % 60,
+        i % 60,
+        99 + i % 5,
+        101 + i % 3,
+    );
+    format!("{event:<200}")
+}
+
+/// The client's streaming decoder for one encoding: chunks in, what they
+/// decode to out.
+enum Decoder {
+    Gzip(flate2::write::GzDecoder<Vec<u8>>),
+    Deflate(flate2::write::ZlibDecoder<Vec<u8>>),
+    Br(Box<brotli::DecompressorWriter<Vec<u8>>>),
+    Zstd(zstd::stream::write::Decoder<'static, Vec<u8>>),
+}
+
+impl Decoder {
+    fn new(encoding: &str) -> Self {
+        match encoding {
+            "gzip" => Self::Gzip(flate2::write::GzDecoder::new(Vec::new())),
+            "deflate" => Self::Deflate(flate2::write::ZlibDecoder::new(Vec::new())),
+            "br" => Self::Br(Box::new(brotli::DecompressorWriter::new(Vec::new(), 4096))),
+            "zstd" => Self::Zstd(zstd::stream::write::Decoder::new(Vec::new()).unwrap()),
+            other => panic!("no decoder for {other}"),
+        }
+    }
+
+    /// Decodes `chunk`: everything it completes, nothing held back.
+    fn push(&mut self, chunk: &[u8]) -> Vec<u8> {
+        fn run<W: Write>(writer: &mut W, chunk: &[u8]) {
+            writer
+                .write_all(chunk)
+                .expect("the decoder rejected a chunk");
+            writer.flush().expect("the decoder failed to flush");
+        }
+        let out = match self {
+            Self::Gzip(d) => {
+                run(d, chunk);
+                d.get_mut()
+            }
+            Self::Deflate(d) => {
+                run(d, chunk);
+                d.get_mut()
+            }
+            Self::Br(d) => {
+                run(d, chunk);
+                d.get_mut()
+            }
+            Self::Zstd(d) => {
+                run(d, chunk);
+                d.get_mut()
+            }
+        };
+        std::mem::take(out)
+    }
+}
+
+/// Decodes a whole body with the encoding's reader, which fails on a
+/// missing or corrupt trailer (gzip's CRC and length, zlib's Adler-32,
+/// br's last block, an unfinished zstd frame).
+fn decode_whole(encoding: &str, wire: &[u8]) -> std::io::Result<Vec<u8>> {
+    let mut out = Vec::new();
+    match encoding {
+        "gzip" => flate2::read::GzDecoder::new(wire).read_to_end(&mut out)?,
+        "deflate" => flate2::read::ZlibDecoder::new(wire).read_to_end(&mut out)?,
+        "br" => brotli::Decompressor::new(wire, 4096).read_to_end(&mut out)?,
+        "zstd" => zstd::stream::read::Decoder::new(wire)?.read_to_end(&mut out)?,
+        other => panic!("no decoder for {other}"),
+    };
+    Ok(out)
+}
+
+/// What the client saw: the compressed bytes and what they decoded to.
+#[derive(Default)]
+struct Seen {
+    wire: Vec<u8>,
+    decoded: Vec<u8>,
+}
+
+/// The response's events, decoded chunk by chunk then parsed; `seen` logs
+/// both sides.
+fn decoded_events(
+    response: reqwest::Response,
+    encoding: &str,
+    seen: Arc<Mutex<Seen>>,
+) -> impl Stream<Item = Event> + Unpin {
+    let mut decoder = Decoder::new(encoding);
+    let decoded = response.bytes_stream().map(move |chunk| {
+        let chunk = chunk?;
+        let plain = decoder.push(&chunk);
+        let mut seen = seen.lock().unwrap();
+        seen.wire.extend_from_slice(&chunk);
+        seen.decoded.extend_from_slice(&plain);
+        Ok::<_, reqwest::Error>(Bytes::from(plain))
+    });
+    Box::pin(
+        decoded
+            .eventsource()
+            .map(|event| event.expect("the independent parser rejected the stream")),
+    )
+}
+
+/// A layer whose streams hand their sender to the test, which then decides
+/// when each event goes out.
+fn handing_layer(compression: Compression) -> (SseLayer, mpsc::UnboundedReceiver<EventSender>) {
+    let (senders, received) = mpsc::unbounded_channel();
+    let layer = SseLayer::new(move |events: EventSender, _ctx: StreamContext| {
+        let senders = senders.clone();
+        async move {
+            let _ = senders.send(events.clone());
+            events.closed().await;
+        }
+    })
+    .heartbeat(Duration::from_millis(100))
+    .retry(Duration::from_secs(5))
+    .compression(compression);
+    (layer, received)
+}
+
+async fn request(addr: SocketAddr, accept_encoding: Option<&str>) -> reqwest::Response {
+    let mut request = reqwest::Client::new().get(format!("http://{addr}/events"));
+    if let Some(accept) = accept_encoding {
+        request = request.header("accept-encoding", accept);
+    }
+    tokio::time::timeout(PATIENCE, request.send())
+        .await
+        .expect("no response")
+        .unwrap()
+}
+
+fn header<'a>(response: &'a reqwest::Response, name: &str) -> Option<&'a str> {
+    response.headers().get(name).map(|v| v.to_str().unwrap())
+}
+
+/// The whole story for one encoding: headers, each event decoded and parsed
+/// before the next is sent, heartbeats in a silence, a smaller wire than
+/// the events, and a trailer that ends the compressed stream cleanly.
+async fn streams_event_by_event(encoding: &'static str) {
+    let (layer, mut senders) = handing_layer(Compression::default());
+    let addr = serve(route(layer)).await;
+    let response = request(addr, Some(encoding)).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(header(&response, "content-encoding"), Some(encoding));
+    assert_eq!(header(&response, "vary"), Some("accept-encoding"));
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let mut events = decoded_events(response, encoding, seen.clone());
+    let sender = tokio::time::timeout(PATIENCE, senders.recv())
+        .await
+        .expect("the ready function was not called")
+        .unwrap();
+
+    const EVENTS: usize = 30;
+    for i in 0..EVENTS {
+        sender.send(json(i)).await.unwrap();
+        // The next goes out only once this one is decoded and parsed: a
+        // frame held back in the compressor would time out here.
+        let event = next_event(&mut events).await.expect("the stream ended");
+        assert_eq!(event.data, json(i), "{encoding}: event {i}");
+        if i == 9 {
+            // A silence: heartbeats, compressed too, still reach the client.
+            let before = seen.lock().unwrap().decoded.len();
+            // Reading on for 450 ms: no event, only heartbeats decoded.
+            let silence = tokio::time::timeout(Duration::from_millis(450), events.next()).await;
+            assert!(silence.is_err(), "{encoding}: an event in the silence");
+            let during = seen.lock().unwrap().decoded[before..].to_vec();
+            let during = String::from_utf8(during).unwrap();
+            assert!(
+                during.matches(": \r\n").count() >= 2 && during.replace(": \r\n", "").is_empty(),
+                "{encoding}: only heartbeats in the silence, got {during:?}"
+            );
+        }
+    }
+    sender.close();
+    drop(sender);
+    assert!(
+        tokio::time::timeout(PATIENCE, events.next())
+            .await
+            .expect("the stream did not end")
+            .is_none()
+    );
+
+    let seen = seen.lock().unwrap();
+    let decoded = String::from_utf8(seen.decoded.clone()).unwrap();
+    assert!(decoded.starts_with("retry: 5000\r\n\r\n"), "{decoded:.40}");
+    // The trailer came, and the whole body decodes to what the chunks did.
+    let whole = decode_whole(encoding, &seen.wire).expect("the compressed stream did not end well");
+    assert_eq!(whole, seen.decoded, "{encoding}");
+    // Repeating keys compress even one flushed event at a time.
+    assert!(
+        seen.wire.len() * 2 < seen.decoded.len(),
+        "{encoding}: {} bytes on the wire for {} decoded",
+        seen.wire.len(),
+        seen.decoded.len()
+    );
+}
+
+#[tokio::test]
+async fn gzip_streams_event_by_event() {
+    streams_event_by_event("gzip").await;
+}
+
+#[tokio::test]
+async fn deflate_streams_event_by_event() {
+    streams_event_by_event("deflate").await;
+}
+
+#[tokio::test]
+async fn br_streams_event_by_event() {
+    streams_event_by_event("br").await;
+}
+
+#[tokio::test]
+async fn zstd_streams_event_by_event() {
+    streams_event_by_event("zstd").await;
+}
+
+/// The encoding a request gets, by its `Accept-Encoding`: the
+/// `Content-Encoding` of the response, and a body that decodes (or is
+/// plain) to the events.
+async fn negotiated(compression: Compression, accept: Option<&str>) -> Option<String> {
+    let ready = |events: EventSender, _ctx: StreamContext| async move {
+        let _ = events.send(json(1)).await;
+        let _ = events.send(json(2)).await;
+    };
+    let layer = SseLayer::new(ready).compression(compression);
+    let addr = serve(route_in_mode(layer)).await;
+    let response = request(addr, accept).await;
+    assert_eq!(header(&response, "vary"), Some("accept-encoding"));
+    let encoding = header(&response, "content-encoding").map(str::to_owned);
+    let body = tokio::time::timeout(PATIENCE, response.bytes())
+        .await
+        .expect("the stream did not end")
+        .unwrap();
+    let plain = match &encoding {
+        Some(encoding) => decode_whole(encoding, &body).unwrap(),
+        None => body.to_vec(),
+    };
+    let expected = format!("data: {}\r\n\r\ndata: {}\r\n\r\n", json(1), json(2));
+    assert_eq!(String::from_utf8(plain).unwrap(), expected, "{accept:?}");
+    encoding
+}
+
+#[tokio::test]
+async fn the_encoding_follows_accept_encoding() {
+    let all = Compression::default;
+    let cases: &[(Option<&str>, Option<&str>)] = &[
+        // No header, identity, unknown encodings: uncompressed.
+        (None, None),
+        (Some("identity"), None),
+        (Some("compress, sdch"), None),
+        // What Chromium sends over plain http.
+        (Some("gzip, deflate"), Some("gzip")),
+        (Some("gzip, deflate, br, zstd"), Some("zstd")),
+        (Some("gzip;q=0.5, br;q=0.9"), Some("br")),
+        (Some("deflate;q=1, gzip;q=0.8"), Some("deflate")),
+        // q=0 refuses; the wildcard covers the rest.
+        (Some("gzip;q=0"), None),
+        (Some("*;q=0.5, zstd;q=0, br;q=0"), Some("gzip")),
+        // An unreadable header is no header, not an error.
+        (Some("gzip;q=high"), None),
+    ];
+    for (accept, expected) in cases {
+        let encoding = negotiated(all(), *accept).await;
+        assert_eq!(
+            encoding.as_deref(),
+            *expected,
+            "Accept-Encoding: {accept:?}"
+        );
+    }
+    // Encodings the server turned off are never chosen.
+    let gzip_only = all().no_zstd().no_br().no_deflate();
+    assert_eq!(
+        negotiated(gzip_only.clone(), Some("zstd, br, deflate")).await,
+        None
+    );
+    assert_eq!(
+        negotiated(gzip_only, Some("zstd, gzip;q=0.1"))
+            .await
+            .as_deref(),
+        Some("gzip")
+    );
+}
+
+/// Without `.compression(..)` nothing changes: no `Vary`, no encoding, even
+/// for a client that asks.
+#[tokio::test]
+async fn without_the_builder_call_nothing_is_compressed() {
+    let ready = |events: EventSender, _ctx: StreamContext| async move {
+        let _ = events.send("plain").await;
+    };
+    let addr = serve(route_in_mode(SseLayer::new(ready))).await;
+    let response = request(addr, Some("gzip, br, zstd")).await;
+    assert_eq!(header(&response, "content-encoding"), None);
+    assert_eq!(header(&response, "vary"), None);
+    let events = all_events(response).await;
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].data, "plain");
+}
+
+/// A stream started in a handler (`start_stream`) compresses the same way.
+#[tokio::test]
+async fn start_stream_compresses_too() {
+    async fn ready(events: EventSender, _ctx: StreamContext) {
+        for i in 0..5 {
+            let _ = events.send(json(i)).await;
+        }
+    }
+    let app = Router::new().route(
+        "/events",
+        get(|ctx: StreamContext| async move {
+            common::response_in_mode(start_stream(ready, ctx, Duration::from_secs(10), 10))
+                .compression(Compression::default())
+        }),
+    );
+    let addr = serve(app).await;
+    let response = request(addr, Some("gzip")).await;
+    assert_eq!(header(&response, "content-encoding"), Some("gzip"));
+    assert_eq!(header(&response, "vary"), Some("accept-encoding"));
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let events: Vec<Event> = tokio::time::timeout(
+        PATIENCE,
+        decoded_events(response, "gzip", seen.clone()).collect(),
+    )
+    .await
+    .expect("the stream did not end");
+    let data: Vec<String> = events.into_iter().map(|e| e.data).collect();
+    assert_eq!(data, (0..5).map(json).collect::<Vec<_>>());
+    let seen = seen.lock().unwrap();
+    assert_eq!(decode_whole("gzip", &seen.wire).unwrap(), seen.decoded);
+}
+
+/// A hub's frames take the same road: each published event is decodable
+/// before the next is published.
+#[tokio::test]
+async fn hub_streams_compress_event_by_event() {
+    let hub = tower_sse::hub::Hub::new();
+    let layer = hub_layer(&hub, tower_sse::Buffer::fixed(10), |_| vec!["main".into()])
+        .compression(Compression::default());
+    let addr = serve(route(layer)).await;
+    let response = request(addr, Some("zstd")).await;
+    assert_eq!(header(&response, "content-encoding"), Some("zstd"));
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let mut events = decoded_events(response, "zstd", seen.clone());
+    subscribed(&hub, 1).await;
+    for i in 0..10 {
+        hub.publish("main", json(i)).await.unwrap();
+        let event = next_event(&mut events).await.expect("the stream ended");
+        assert_eq!(event.data, json(i), "event {i}");
+    }
+}
+
+/// A graceful shutdown: the queued event and the shutdown event go out
+/// compressed, then the trailer, so the whole body decodes.
+#[tokio::test]
+async fn shutdown_ends_the_compressed_stream_cleanly() {
+    let shutdown = tower_sse::CancellationToken::new();
+    let ready = |events: EventSender, _ctx: StreamContext| async move {
+        let _ = events.send(json(1)).await;
+        events.closed().await;
+    };
+    let layer = SseLayer::new(ready)
+        .shutdown_on(shutdown.clone())
+        .shutdown_event(tower_sse::Event::new("bye").name("shutdown"))
+        .compression(Compression::default());
+    let addr = serve(route_in_mode(layer)).await;
+    let response = request(addr, Some("gzip")).await;
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let mut events = decoded_events(response, "gzip", seen.clone());
+    assert_eq!(next_event(&mut events).await.unwrap().data, json(1));
+    shutdown.cancel();
+    let last = next_event(&mut events).await.expect("no shutdown event");
+    assert_eq!(
+        (last.event.as_str(), last.data.as_str()),
+        ("shutdown", "bye")
+    );
+    assert!(
+        next_event(&mut events).await.is_none(),
+        "the stream did not end"
+    );
+    let seen = seen.lock().unwrap();
+    assert_eq!(decode_whole("gzip", &seen.wire).unwrap(), seen.decoded);
+}
