@@ -30,7 +30,10 @@ async fn events_for(addr: std::net::SocketAddr, head: &str) -> Vec<String> {
     let split = wire.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
     let status = String::from_utf8_lossy(&wire[..split]).into_owned();
     assert!(status.contains(" 200 "), "{status}");
-    let body = if status.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+    let body = if status
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
         dechunk(&wire[split..])
     } else {
         wire[split..].to_vec()
@@ -39,7 +42,10 @@ async fn events_for(addr: std::net::SocketAddr, head: &str) -> Vec<String> {
         .eventsource()
         .collect()
         .await;
-    parsed.into_iter().map(|event| event.unwrap().data).collect()
+    parsed
+        .into_iter()
+        .map(|event| event.unwrap().data)
+        .collect()
 }
 
 async fn report(events: EventSender, ctx: StreamContext) {
@@ -85,20 +91,34 @@ async fn attempt_unusual_request_lines_match_the_request() {
             "GET http://example.com:8080/a/b?lastEventID=42 HTTP/1.1",
         ),
         ("OPTIONS * HTTP/1.1", "OPTIONS * HTTP/1.1"),
-        ("GET /?lastEventID=a%2Fb HTTP/1.0", "GET /?lastEventID=a%2Fb HTTP/1.0"),
+        (
+            "GET /?lastEventID=a%2Fb HTTP/1.0",
+            "GET /?lastEventID=a%2Fb HTTP/1.0",
+        ),
     ];
     for (line, want) in cases {
-        let close = if line.ends_with("1.0") { "" } else { "Connection: close\r\n" };
+        let close = if line.ends_with("1.0") {
+            ""
+        } else {
+            "Connection: close\r\n"
+        };
         let head = format!("{line}\r\nHost: {addr}\r\n{close}\r\n");
         let got = events_for(addr, &head).await;
         assert_eq!(got.len(), 1, "{line}: {got:?}");
         let inner = seen.lock().unwrap().pop().unwrap();
         let (reported, debug) = got[0].split_once(" | ").unwrap();
         // The context reports the request line the inner service saw.
-        let wanted_version = if want.ends_with("1.0") { "HTTP/1.0" } else { "HTTP/1.1" };
+        let wanted_version = if want.ends_with("1.0") {
+            "HTTP/1.0"
+        } else {
+            "HTTP/1.1"
+        };
         let reported_line = reported.split(" last=").next().unwrap();
         assert_eq!(reported_line, inner, "{line}");
-        assert!(reported_line.ends_with(wanted_version), "{line}: {reported}");
+        assert!(
+            reported_line.ends_with(wanted_version),
+            "{line}: {reported}"
+        );
         let target = want.split(' ').nth(1).unwrap();
         assert!(debug.contains(&format!("uri: {target}")), "{line}: {debug}");
         if target.contains("lastEventID=42") {

@@ -40,7 +40,11 @@ fn matrix() -> Vec<Event> {
             events.push(kind.clone());
             events.push(kind.clone().name("update").id("7"));
             events.push(kind.clone().id(""));
-            events.push(kind.clone().comment("a\nb\rc").retry(Duration::from_millis(1234)));
+            events.push(
+                kind.clone()
+                    .comment("a\nb\rc")
+                    .retry(Duration::from_millis(1234)),
+            );
             events.push(kind.clone().name(long_name.as_str()).id("8"));
             events.push(
                 kind.clone()
@@ -191,7 +195,9 @@ async fn attempt_hub_publish_of_every_representation_is_exact() {
     for event in &matrix {
         assert!(matches!(
             hub.publish("wire", not_utf8()).await,
-            Err(tower_sse::hub::PublishError::Invalid(EventError::DataNotUtf8))
+            Err(tower_sse::hub::PublishError::Invalid(
+                EventError::DataNotUtf8
+            ))
         ));
         ids.push(hub.publish("wire", event.clone()).await.unwrap());
     }

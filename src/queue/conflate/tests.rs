@@ -392,5 +392,9 @@ fn a_waiting_send_is_not_overtaken_by_a_later_send_of_its_key() {
         delivered.extend(recv(&queue).unwrap_or_default());
     }
     let last_b = delivered.iter().rev().find(|(key, _)| key == "b");
-    assert_eq!(last_b, Some(&("b".to_owned(), 3)), "delivered {delivered:?}");
+    assert_eq!(
+        last_b,
+        Some(&("b".to_owned(), 3)),
+        "delivered {delivered:?}"
+    );
 }
