@@ -90,3 +90,38 @@ async fn the_client_ends_with_the_latest_value_of_each_key() {
         "b arrived as {values:?}"
     );
 }
+
+// A key function that panics (user code) panics the ready function's task:
+// the events queued before it are delivered and the stream ends, over
+// loopback, read by the independent parser; nothing hangs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attempt_a_panicking_key_function_ends_the_stream_after_what_was_queued() {
+    let ready = |events: EventSender, _ctx: StreamContext| async move {
+        events.send(Event::new("1").name("a")).await.unwrap();
+        let _ = events.send(Event::new("boom").name("a")).await;
+        unreachable!("the key function panicked");
+    };
+    let key = |event: &Event| {
+        assert_ne!(event.data_ref(), Some("boom"), "the key function panics");
+        event.name_ref().map(str::to_owned)
+    };
+    let layer = SseLayer::new(ready).buffer(Buffer::conflating(4, key));
+    let app = Router::new().route("/events", get(|| async {}).layer(layer));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let response = reqwest::get(format!("http://{addr}/events")).await.unwrap();
+    use eventsource_stream::Eventsource;
+    use futures::StreamExt;
+    let parsed: Vec<_> = tokio::time::timeout(
+        Duration::from_secs(10),
+        response.bytes_stream().eventsource().collect::<Vec<_>>(),
+    )
+    .await
+    .expect("the stream ended");
+    let data: Vec<String> = parsed
+        .into_iter()
+        .filter_map(|event| event.ok().map(|event| event.data))
+        .collect();
+    assert_eq!(data, ["1"]);
+}
