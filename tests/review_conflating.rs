@@ -2,6 +2,7 @@
 //! multi-thread runtime. The stream is read in-process with the test kit so
 //! that the client provably holds the queue full between reads (over TCP
 //! the socket's buffers would take what the test needs queued).
+#![cfg(all(feature = "testing", feature = "axum"))]
 
 use std::{sync::Arc, time::Duration};
 
@@ -124,4 +125,107 @@ async fn attempt_a_panicking_key_function_ends_the_stream_after_what_was_queued(
         .filter_map(|event| event.ok().map(|event| event.data))
         .collect();
     assert_eq!(data, ["1"]);
+}
+
+/// Values sent per key, in order, by the one task that owns the key: what
+/// the client must end with.
+type LastSent = std::sync::Mutex<std::collections::BTreeMap<String, u64>>;
+
+// Many tasks, each owning a key, send with short timeouts (cancelled
+// waiting sends, some after their grant), `try_send` and, from a plain
+// thread, `blocking_send`, while unkeyed events wait in line; the client
+// reads over loopback with pauses. Each key's values must arrive in order
+// and end with the last value whose send succeeded; every unkeyed event
+// must arrive; the queue must end empty (no slot leaked by a cancel).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attempt_cancelled_and_racing_sends_keep_the_latest_value_of_each_key() {
+    let last_sent: Arc<LastSent> = Arc::default();
+    let sent = last_sent.clone();
+    let ready = move |events: EventSender, _ctx: StreamContext| {
+        let sent = sent.clone();
+        async move {
+            let mut tasks = Vec::new();
+            for task in 0..6u64 {
+                let (events, sent) = (events.clone(), sent.clone());
+                tasks.push(tokio::spawn(async move {
+                    let key = format!("k{task}");
+                    for value in 0..300u64 {
+                        let event =
+                            Event::new(format!("{value} {}", "~".repeat(4096))).name(key.as_str());
+                        let ok = if value % 3 == 0 {
+                            events.try_send(event).is_ok()
+                        } else {
+                            let patience = Duration::from_micros(50 * (value % 7));
+                            matches!(
+                                tokio::time::timeout(patience, events.send(event)).await,
+                                Ok(Ok(()))
+                            )
+                        };
+                        if ok {
+                            sent.lock().unwrap().insert(key.clone(), value);
+                        }
+                        if value % 50 == 0 {
+                            tokio::task::yield_now().await;
+                        }
+                    }
+                }));
+            }
+            let (thread_events, thread_sent) = (events.clone(), sent.clone());
+            let thread = std::thread::spawn(move || {
+                for value in 0..200u64 {
+                    let event = Event::new(value.to_string()).name("blocking");
+                    thread_events.blocking_send(event).unwrap();
+                    thread_sent.lock().unwrap().insert("blocking".into(), value);
+                }
+            });
+            for news in 0..50u64 {
+                events.send(format!("news {news}")).await.unwrap();
+            }
+            for task in tasks {
+                task.await.unwrap();
+            }
+            tokio::task::spawn_blocking(move || thread.join().unwrap())
+                .await
+                .unwrap();
+            assert!(events.queued_events() <= 8);
+            eprintln!("replaced {}", events.dropped());
+        }
+    };
+    let key = |event: &Event| event.name_ref().map(str::to_owned);
+    let layer = SseLayer::new(ready).buffer(Buffer::conflating(8, key));
+    let app = Router::new().route("/events", get(|| async {}).layer(layer));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let response = reqwest::get(format!("http://{addr}/events")).await.unwrap();
+    use eventsource_stream::Eventsource;
+    use futures::StreamExt;
+    let mut parsed = response.bytes_stream().eventsource();
+    let mut last_seen = std::collections::BTreeMap::<String, u64>::new();
+    let mut news = Vec::new();
+    let mut read = 0u64;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let next = tokio::time::timeout_at(deadline, parsed.next())
+            .await
+            .expect("the stream ended");
+        let Some(event) = next else { break };
+        let event = event.unwrap();
+        read += 1;
+        if read % 64 == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        if event.event == "message" {
+            news.push(event.data);
+            continue;
+        }
+        let value: u64 = event.data.split(' ').next().unwrap().parse().unwrap();
+        if let Some(before) = last_seen.insert(event.event.clone(), value) {
+            assert!(before < value, "{}: {before} then {value}", event.event);
+        }
+    }
+    let expected_news: Vec<String> = (0..50).map(|n| format!("news {n}")).collect();
+    eprintln!("read {read} events");
+    assert_eq!(news, expected_news);
+    assert_eq!(last_seen, *last_sent.lock().unwrap());
 }
