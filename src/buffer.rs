@@ -105,7 +105,10 @@ impl Buffer {
     /// waits for room and [`try_send`](crate::EventSender::try_send) returns
     /// [`Full`](crate::TrySendError::Full), as with a fixed buffer, so the
     /// latest value of a key is never lost. Choose a `capacity` that covers
-    /// the number of keys, and sends of a queued key never wait.
+    /// the number of keys, and sends of a queued key never wait. A send of
+    /// a key that is waiting for room when a later send of that key is
+    /// queued (from another task) is superseded: it completes at once,
+    /// its older value dropped and counted, so the client never ends on it.
     ///
     /// The ready function runs in a task of its own (as with a dropping or
     /// sliding buffer): its sends of a queued key never wait, so the body

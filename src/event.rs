@@ -60,8 +60,8 @@ pub struct Event {
 
 impl Event {
     /// An event carrying `data` (any string, or UTF-8 [`Bytes`]; line breaks
-    /// become several `data:` lines). The data is copied once, whatever its
-    /// type: see [`EventData`].
+    /// become several `data:` lines). See [`EventData`] for when the data
+    /// is copied.
     pub fn new(data: impl Into<EventData>) -> Self {
         Self::default().data(data)
     }
@@ -215,12 +215,20 @@ impl Event {
     /// [`Event::encode`], but data copied from a `&str` is not copied again,
     /// the other fields are written in front of it.
     pub(crate) fn into_frame(mut self) -> Result<Bytes, EventError> {
+        self.take_frame()
+    }
+
+    /// [`Event::into_frame`] for a caller that holds a lock: what is left of
+    /// the event (data the caller handed over, which may run its own code
+    /// when dropped, as `Bytes::from_owner` does) stays in it, to be dropped
+    /// after the lock.
+    pub(crate) fn take_frame(&mut self) -> Result<Bytes, EventError> {
         self.validate()?;
         let Some(Data::Framed(framed)) = self.data.take_if(|data| data.is_one_line()) else {
             return self.copy_encode();
         };
         // The fields but the data: what goes in front of it.
-        let layout = Layout::of(&self);
+        let layout = Layout::of(self);
         let head = layout.len - pedestal::CRLF.len();
         if head == 0 {
             return Ok(framed.slice(data::HEADROOM..));

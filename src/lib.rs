@@ -103,9 +103,9 @@
 //!    checked (a bad name or id is an [`EventError`] here, at the call site);
 //!    the encoder itself is `event/encode.rs`. Its data ([`EventData`],
 //!    `event/data.rs`) is copied once on the way: a `String` or `Bytes` when
-//!    the event is encoded, a `&str` (or [`Event::json`]'s output) when the
-//!    event is built, straight into its wire form, which sending then
-//!    hands on without another copy.
+//!    the event is encoded, a one-line `&str` (or [`Event::json`]'s output)
+//!    when the event is built, straight into its wire form, which sending
+//!    then hands on without another copy.
 //! 3. `queue/push.rs`, `Queue::push`: the bytes wait in the stream's bounded
 //!    queue (`queue.rs`, `Queue`); the [`Buffer`] policy (`buffer.rs`)
 //!    decides what a full queue does (wait, drop the newest, drop the oldest;

@@ -141,6 +141,28 @@ impl Enqueued {
     }
 }
 
+/// What superseding waiting sends left to do after the lock.
+#[derive(Default)]
+struct Superseded {
+    wakers: Vec<Waker>,
+    grants: WakeList,
+    /// More slots to grant than `grants` holds.
+    more: bool,
+}
+
+impl Superseded {
+    fn finish(mut self, queue: &Queue) {
+        for waker in self.wakers {
+            waker.wake();
+        }
+        self.grants.wake_all();
+        while self.more {
+            self.more = queue.lock().grant(queue.capacity, &mut self.grants);
+            self.grants.wake_all();
+        }
+    }
+}
+
 /// Wakers collected under the lock, woken after it (a few inline: most
 /// drains grant room to one waiting sender at most).
 #[derive(Default)]
@@ -186,6 +208,33 @@ impl State {
             (Some(key), Some(conflation)) => conflation.position(key).is_some(),
             _ => false,
         }
+    }
+
+    /// A send of `key` is applied: the sends of `key` waiting since before
+    /// it (`before`, a waiter id; `u64::MAX` for a send that never waited)
+    /// are superseded, each counted as a drop and woken to finish. Returns
+    /// their wakers, and whether slots they held are left to grant.
+    fn supersede(&mut self, key: Option<&str>, before: u64, capacity: usize) -> Superseded {
+        let mut done = Superseded::default();
+        let (Some(key), Some(conflation)) = (key, &mut self.conflation) else {
+            return done;
+        };
+        for id in conflation.supersede(key, before) {
+            let Some(at) = self.waiting.iter().position(|w| w.id == id) else {
+                continue;
+            };
+            if let Some(waiter) = self.waiting.remove(at) {
+                done.wakers.extend(waiter.waker);
+            }
+            if at < self.granted as usize {
+                self.granted -= 1;
+            }
+            self.dropped += 1;
+        }
+        if !done.wakers.is_empty() && !self.closed {
+            done.more = self.grant(capacity, &mut done.grants);
+        }
+        done
     }
 
     /// Replaces the queued event of `key` with `bytes` (a conflating
@@ -371,9 +420,12 @@ impl Queue {
         {
             return Err(Rejected::Full);
         }
+        // Newer than every send of its key still waiting.
+        let superseded = state.supersede(key.as_deref(), u64::MAX, self.capacity);
         let enqueued = state.enqueue(bytes, key, self.policy, self.capacity);
         drop(state);
         enqueued.finish();
+        superseded.finish(self);
         Ok(())
     }
 

@@ -33,7 +33,6 @@ struct Steps {
 // Fix: when a send queues a key, wake the waiting sends of that key, so the
 // second replaces the first in turn and the third replaces the second.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "defect: a later send of a key overtakes an earlier waiting send of it; the stale value arrives last"]
 async fn the_client_ends_with_the_latest_value_of_each_key() {
     let steps = Arc::new(Steps::default());
     let told = steps.clone();

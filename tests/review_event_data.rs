@@ -42,7 +42,6 @@ impl Drop for Owner {
 // (user code) under the hub's lock. Any hub call from that `Drop`, or from a
 // thread it waits on, deadlocks; every other publish/subscribe waits for it.
 #[tokio::test]
-#[ignore = "defect: Hub::publish drops the user's event (and its Bytes owner) under the hub's lock"]
 async fn hub_publish_drops_the_event_outside_the_hub_lock() {
     let hub = Hub::new();
     let (lock_was_free, report) = mpsc::channel();

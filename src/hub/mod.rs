@@ -323,7 +323,9 @@ impl Hub {
             event.id = Some(seq.to_string());
         }
         let id: Arc<str> = event.id.as_deref().unwrap_or_default().into();
-        let bytes = event.into_frame().map_err(PublishError::Invalid)?;
+        // What is left of the event (the caller's data) is dropped after
+        // the lock, with `event`.
+        let bytes = event.take_frame().map_err(PublishError::Invalid)?;
         let len = bytes.len();
         let topic = topics
             .get_or_insert(name, inner, now)

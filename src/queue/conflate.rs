@@ -18,6 +18,12 @@ pub(super) struct Conflation {
     index: HashMap<String, u64>,
     /// The sequence number of the queue's front event.
     head: u64,
+    /// Sends of a key waiting for room, by waiter id: a later send of the
+    /// key supersedes them (their value is older than the one it brings).
+    waiting: Vec<(u64, String)>,
+    /// Waiters superseded, not yet told: their send is done (counted as a
+    /// drop), their event is dropped.
+    superseded: Vec<u64>,
 }
 
 impl Conflation {
@@ -39,6 +45,41 @@ impl Conflation {
     }
 
     /// `taken` events left the queue from the front.
+    /// Waiter `id` waits with `key`.
+    pub(super) fn wait(&mut self, id: u64, key: &str) {
+        self.waiting.push((id, key.to_owned()));
+    }
+
+    /// The waiters of `key` that came before `before` (a waiter id; every
+    /// waiter, for a send that never waited) are superseded: returns them.
+    pub(super) fn supersede(&mut self, key: &str, before: u64) -> Vec<u64> {
+        let mut ids = Vec::new();
+        self.waiting.retain(|(id, waiting)| {
+            let older = *id < before && waiting == key;
+            if older {
+                ids.push(*id);
+            }
+            !older
+        });
+        self.superseded.extend_from_slice(&ids);
+        ids
+    }
+
+    /// Whether waiter `id` was superseded (it is then forgotten).
+    pub(super) fn take_superseded(&mut self, id: u64) -> bool {
+        let found = self.superseded.iter().position(|&s| s == id);
+        if let Some(at) = found {
+            self.superseded.swap_remove(at);
+        }
+        found.is_some()
+    }
+
+    /// Waiter `id` is gone (queued, cancelled, or the queue closed).
+    pub(super) fn forget(&mut self, id: u64) {
+        self.waiting.retain(|(waiting, _)| *waiting != id);
+        self.superseded.retain(|&s| s != id);
+    }
+
     pub(super) fn popped(&mut self, taken: usize) {
         self.head += taken as u64;
     }

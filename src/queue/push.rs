@@ -87,6 +87,21 @@ impl Future for Push<'_> {
         let mut waker = None;
         loop {
             let mut state = queue.lock();
+            // A later send of its key came first: this one is done (its
+            // value was older), even if the queue closed since.
+            if let (Some(id), Some(conflation)) = (this.waiter, &mut state.conflation) {
+                if conflation.take_superseded(id) {
+                    this.waiter = None;
+                    drop(state);
+                    drop(this.bytes.take());
+                    if let Some(coop) = coop {
+                        coop.made_progress();
+                    }
+                    return Poll::Ready(Ok(()));
+                }
+            }
+            // Its place in line, for the sends of its key it supersedes.
+            let arrived = this.waiter.unwrap_or(u64::MAX);
             if state.closed {
                 let removed = this.leave(&mut state);
                 drop(state);
@@ -120,6 +135,10 @@ impl Future for Push<'_> {
             if admitted {
                 let bytes = this.bytes.take().unwrap_or_default();
                 let key = this.key.take();
+                if let Some(conflation) = &mut state.conflation {
+                    conflation.forget(arrived);
+                }
+                let superseded = state.supersede(key.as_deref(), arrived, queue.capacity);
                 let enqueued = state.enqueue(bytes, key, queue.policy, queue.capacity);
                 drop(state);
                 if let Some((removed, mut wakes)) = left {
@@ -127,6 +146,7 @@ impl Future for Push<'_> {
                     wakes.wake_all();
                 }
                 enqueued.finish();
+                superseded.finish(queue);
                 if let Some(coop) = coop {
                     coop.made_progress();
                 }
@@ -158,6 +178,9 @@ impl Future for Push<'_> {
                         id,
                         waker: Some(new),
                     });
+                    if let (Some(conflation), Some(key)) = (&mut state.conflation, &this.key) {
+                        conflation.wait(id, key);
+                    }
                     this.waiter = Some(id);
                     None
                 }
@@ -177,6 +200,9 @@ impl Push<'_> {
         let Some(id) = self.waiter.take() else {
             return (None, wakes);
         };
+        if let Some(conflation) = &mut state.conflation {
+            conflation.forget(id);
+        }
         let Some(at) = state.waiting.iter().position(|w| w.id == id) else {
             return (None, wakes);
         };

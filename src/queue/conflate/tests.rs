@@ -364,7 +364,6 @@ fn poll_woken(
 // the waiting (older) value is delivered last, so the client ends on a
 // stale value: "the latest value of a key is never lost" does not hold.
 #[test]
-#[ignore = "defect: a waiting send is overtaken by a later send of its key (stale value delivered last)"]
 fn a_waiting_send_is_not_overtaken_by_a_later_send_of_its_key() {
     use std::sync::{Arc, atomic::Ordering};
     let queue = Queue::new(Policy::Conflate, 1);
