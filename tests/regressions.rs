@@ -257,8 +257,11 @@ async fn a_head_request_opens_no_stream() {
 // ---------------------------------------------------------------------------
 
 /// The ready function sends, hands a clone to a task that sends and panics
-/// at 200 ms, and itself holds its sender for 1 s. RELIABILITY.md promises
-/// the panic ends the stream (queued events first) with `Panicked`.
+/// at 200 ms, and itself holds its sender for 5 s. RELIABILITY.md promises
+/// the panic ends the stream (queued events first) with `Panicked`: well
+/// before the ready function's sender goes. (The limit leaves room for the
+/// panic hook, which with `RUST_BACKTRACE=1`, as CI sets, symbolises a
+/// backtrace before unwinding starts: 0.5–1.4 s on a busy machine.)
 async fn a_panicking_helper_ends_the_stream(buffer: Buffer) {
     let ready = |events: EventSender, _ctx: StreamContext| async move {
         let _ = events.send("from the ready function").await;
@@ -268,7 +271,7 @@ async fn a_panicking_helper_ends_the_stream(buffer: Buffer) {
             tokio::time::sleep(Duration::from_millis(200)).await;
             panic!("the helper task failed (on purpose)");
         });
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        tokio::time::sleep(Duration::from_secs(5)).await;
     };
     let (layer, ends) = recorded(SseLayer::new(ready).buffer(buffer.clone()));
     let addr = serve(route(layer)).await;
@@ -288,7 +291,7 @@ async fn a_panicking_helper_ends_the_stream(buffer: Buffer) {
     eventually("the callback", || !ends.lock().unwrap().is_empty()).await;
     let (reason, at) = ends.lock().unwrap()[0];
     assert_eq!(reason, DisconnectReason::Panicked, "{buffer:?}");
-    let limit = Duration::from_millis(700);
+    let limit = Duration::from_millis(3_000);
     println!(
         "{buffer:?}: helper panicked at 200 ms; body ended at {ended:?}, callback at {:?}",
         at - started
