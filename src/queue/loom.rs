@@ -12,7 +12,8 @@
 //!
 //! The models are in `room.rs` (who gets the buffer's room: sends waiting
 //! in line, cancelled sends, dropping and sliding buffers), `conflate.rs`
-//! (a conflating buffer's replacements beside a send waiting in line) and
+//! (a conflating buffer's replacements beside a send waiting in line, and
+//! a later send of a key superseding that key's sends still waiting) and
 //! `ending.rs` (the ways a stream ends while sends are under way, and the
 //! wake-up of the ready function the body polls); this file is their harness.
 

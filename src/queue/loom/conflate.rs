@@ -46,3 +46,102 @@ fn conflation_delivers_the_latest_value_of_each_key() {
         assert_room_restored(&queue);
     });
 }
+
+/// A one-way signal between model threads (loom's `Notify` may wake
+/// spuriously, so the flag says whether it really was).
+#[derive(Default)]
+struct Signal {
+    set: ::loom::sync::atomic::AtomicBool,
+    notify: ::loom::sync::Notify,
+}
+
+impl Signal {
+    fn set(&self) {
+        self.set.store(true, ::loom::sync::atomic::Ordering::SeqCst);
+        self.notify.notify();
+    }
+
+    fn wait(&self) {
+        while !self.set.load(::loom::sync::atomic::Ordering::SeqCst) {
+            self.notify.wait();
+        }
+    }
+}
+
+/// Sends one event tagged `sender` under key `b`, once `after` is set (if
+/// given), and sets `started` once its send has been polled (registered in
+/// line, or queued): the sends are ordered by their starts.
+fn spawn_chained(
+    queue: &Arc<Queue>,
+    sender: u8,
+    after: Option<Arc<Signal>>,
+    started: Arc<Signal>,
+) -> thread::JoinHandle<()> {
+    let queue = queue.clone();
+    thread::spawn(move || {
+        if let Some(after) = after {
+            after.wait();
+        }
+        let mut push = pin!(queue.push_keyed(event((sender, 0)), Some("b".into())));
+        let unpark = Arc::new(Unpark {
+            thread: thread::current(),
+            woken: std::sync::atomic::AtomicBool::new(false),
+        });
+        let waker = Waker::from(unpark.clone());
+        let mut cx = Context::from_waker(&waker);
+        let mut first = true;
+        loop {
+            let polled = push.as_mut().poll(&mut cx);
+            if first {
+                first = false;
+                started.set();
+            }
+            if let Poll::Ready(pushed) = polled {
+                assert_eq!(pushed, Ok(()));
+                break;
+            }
+            while !unpark
+                .woken
+                .swap(false, std::sync::atomic::Ordering::SeqCst)
+            {
+                thread::park();
+            }
+        }
+        queue.remove_sender();
+    })
+}
+
+/// A buffer of one holding `a`; three sends of key `b`, each started after
+/// the one before (the review's interleaving: the first is granted the slot
+/// the body frees, the second waits, the third finds `b` queued). The
+/// client never gets an older `b` after a newer one and ends on the last:
+/// a send of `b` supersedes the sends of `b` still waiting since before it.
+#[test]
+fn a_later_send_of_a_key_supersedes_its_waiting_sends() {
+    check(Some(2), || {
+        let queue = Arc::new(Queue::new(Policy::Conflate, 1));
+        queue
+            .try_push_keyed(event((0, 0)), Some("a".into()))
+            .unwrap();
+        queue.add_sender();
+        queue.add_sender();
+        let flags: Vec<Arc<Signal>> = (0..3).map(|_| Arc::default()).collect();
+        let first = spawn_chained(&queue, 1, None, flags[0].clone());
+        let second = spawn_chained(&queue, 2, Some(flags[0].clone()), flags[1].clone());
+        let third = spawn_chained(&queue, 3, Some(flags[1].clone()), flags[2].clone());
+        let (received, ended) = receive(&queue);
+        for sender in [first, second, third] {
+            sender.join().unwrap();
+        }
+        assert_eq!(ended, Ended::Completed);
+        let values_of_b: Vec<u8> = received
+            .iter()
+            .map(|(s, _)| *s)
+            .filter(|s| *s > 0)
+            .collect();
+        assert_eq!(values_of_b.last(), Some(&3), "{received:?}");
+        assert!(values_of_b.windows(2).all(|w| w[0] < w[1]), "{received:?}");
+        assert_eq!(queue.dropped() as usize, 4 - received.len());
+        assert_room_restored(&queue);
+    });
+}
