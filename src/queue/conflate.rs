@@ -85,7 +85,7 @@ impl Conflation {
     }
 
     /// How many keys the index holds, stale ones included.
-    #[cfg(test)]
+    #[cfg(all(test, not(tower_sse_loom)))]
     pub(super) fn indexed(&self) -> usize {
         self.index.len()
     }

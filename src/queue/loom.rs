@@ -50,6 +50,13 @@ impl Wake for Unpark {
 /// that never comes leaves it parked, which loom reports as a deadlock.
 /// (`loom::future::block_on` does the same, behind loom's `futures` feature.)
 fn block_on<F: Future>(future: F) -> F::Output {
+    block_on_then(future, || {})
+}
+
+/// [`block_on`], calling `polled` once the future has been polled once
+/// (a send registered in line, or done): what a model orders others after.
+fn block_on_then<F: Future>(future: F, polled: impl FnOnce()) -> F::Output {
+    let mut polled = Some(polled);
     let mut future = pin!(future);
     let unpark = Arc::new(Unpark {
         thread: thread::current(),
@@ -58,7 +65,11 @@ fn block_on<F: Future>(future: F) -> F::Output {
     let waker = Waker::from(unpark.clone());
     let mut cx = Context::from_waker(&waker);
     loop {
-        if let Poll::Ready(output) = future.as_mut().poll(&mut cx) {
+        let poll = future.as_mut().poll(&mut cx);
+        if let Some(polled) = polled.take() {
+            polled();
+        }
+        if let Poll::Ready(output) = poll {
             return output;
         }
         while !unpark

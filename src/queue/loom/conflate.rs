@@ -82,31 +82,8 @@ fn spawn_chained(
         if let Some(after) = after {
             after.wait();
         }
-        let mut push = pin!(queue.push_keyed(event((sender, 0)), Some("b".into())));
-        let unpark = Arc::new(Unpark {
-            thread: thread::current(),
-            woken: std::sync::atomic::AtomicBool::new(false),
-        });
-        let waker = Waker::from(unpark.clone());
-        let mut cx = Context::from_waker(&waker);
-        let mut first = true;
-        loop {
-            let polled = push.as_mut().poll(&mut cx);
-            if first {
-                first = false;
-                started.set();
-            }
-            if let Poll::Ready(pushed) = polled {
-                assert_eq!(pushed, Ok(()));
-                break;
-            }
-            while !unpark
-                .woken
-                .swap(false, std::sync::atomic::Ordering::SeqCst)
-            {
-                thread::park();
-            }
-        }
+        let push = queue.push_keyed(event((sender, 0)), Some("b".into()));
+        assert_eq!(block_on_then(push, || started.set()), Ok(()));
         queue.remove_sender();
     })
 }
