@@ -193,8 +193,10 @@ struct State {
     bytes: u64,
     /// The layer's `retry` field (`config.first_frame`) is still to be written.
     first_pending: bool,
-    /// What the stats and metrics have been told of `events` and drops.
-    events_counted: u64,
+    /// Of `events`, those the stats and metrics have not been told of yet
+    /// (at most a frame's: `u32` keeps the body in a smaller allocation).
+    events_uncounted: u32,
+    /// What the stats and metrics have been told of drops.
     dropped_counted: u64,
     metrics: StreamMetrics,
     phase: Phase,
@@ -300,7 +302,7 @@ impl EventStream {
             span: (!span.is_disabled()).then(|| Box::new(span)),
             events: 0,
             bytes: 0,
-            events_counted: 0,
+            events_uncounted: 0,
             dropped_counted: 0,
             metrics,
             phase: if head {
@@ -402,7 +404,7 @@ impl State {
             for bytes in read {
                 rest -= bytes.len();
                 if bytes != self.config.heartbeat_comment {
-                    self.events += 1;
+                    self.add_events(1);
                 }
                 frame.push(bytes, rest);
             }
@@ -415,8 +417,9 @@ impl State {
             };
             match queue.poll_recv(cx, &self.config.heartbeat_comment, &mut frame) {
                 Poll::Ready(Ok(taken)) => {
-                    self.events += taken as u64;
-                    if frame.is_full() || !queue.ready_woken() {
+                    let woken = queue.ready_woken();
+                    self.add_events(taken);
+                    if frame.is_full() || !woken {
                         break;
                     }
                     if taken == 0 && polled {
@@ -437,12 +440,17 @@ impl State {
         Poll::Ready(Ok(frame.take()))
     }
 
+    fn add_events(&mut self, taken: usize) {
+        let taken = u32::try_from(taken).unwrap_or(u32::MAX);
+        self.events += u64::from(taken);
+        self.events_uncounted = self.events_uncounted.saturating_add(taken);
+    }
+
     /// Counts `len` bytes handed to the connection (a frame, or nothing at
     /// the end) in the stats and metrics, with the events and drops since
     /// the last count.
     fn count_written(&mut self, len: u64) {
-        let events = self.events - self.events_counted;
-        self.events_counted = self.events;
+        let events = u64::from(std::mem::take(&mut self.events_uncounted));
         // Only dropping, sliding and conflating buffers drop (reading it takes the lock).
         let dropped = match &self.source {
             Source::Queue { queue, .. } if queue.policy() != Policy::Wait => {

@@ -96,18 +96,47 @@ struct Inner {
     rest: Option<Box<Rest>>,
 }
 
-/// A request URI in fewer bytes than a `Uri`'s 88: an HTTP/1 request's is
-/// a path and query alone (sharing hyper's read buffer, as the `Uri` does).
+/// How many bytes of an origin-form URI a context holds inline.
+const INLINE_URI: usize = 22;
+
+/// A request URI in fewer bytes than a `Uri`'s 88. An HTTP/1 request's is a
+/// path and query alone: copied, inline when short, so that the context
+/// holds no share of hyper's read buffer (a share costs 48 bytes a stream).
 enum UriRepr {
-    Origin(PathAndQuery),
+    /// A path and query of at most [`INLINE_URI`] bytes.
+    Short { len: u8, bytes: [u8; INLINE_URI] },
+    /// A longer path and query.
+    Long(Box<str>),
+    /// Any other form (absolute, authority, `*`).
     Other(Box<Uri>),
 }
 
 impl UriRepr {
     fn new(uri: &Uri) -> Self {
         match (uri.scheme(), uri.authority(), uri.path_and_query()) {
-            (None, None, Some(path)) => Self::Origin(path.clone()),
+            (None, None, Some(path)) => Self::origin(path.as_str()),
             _ => Self::Other(Box::new(uri.clone())),
+        }
+    }
+
+    fn origin(path: &str) -> Self {
+        match u8::try_from(path.len()) {
+            Ok(len) if path.len() <= INLINE_URI => {
+                let mut bytes = [0; INLINE_URI];
+                bytes[..path.len()].copy_from_slice(path.as_bytes());
+                Self::Short { len, bytes }
+            }
+            _ => Self::Long(path.into()),
+        }
+    }
+
+    /// The path and query of an origin-form URI.
+    fn origin_str(&self) -> Option<&str> {
+        match self {
+            // Copied from a `&str` whole: always UTF-8.
+            Self::Short { len, bytes } => std::str::from_utf8(&bytes[..usize::from(*len)]).ok(),
+            Self::Long(path) => Some(path),
+            Self::Other(_) => None,
         }
     }
 }
@@ -115,9 +144,9 @@ impl UriRepr {
 // As the `Uri` would print, without building it.
 impl fmt::Display for UriRepr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Origin(path) => fmt::Display::fmt(path, f),
-            Self::Other(uri) => fmt::Display::fmt(uri, f),
+        match (self, self.origin_str()) {
+            (Self::Other(uri), _) => fmt::Display::fmt(uri, f),
+            (_, path) => f.write_str(path.unwrap_or_default()),
         }
     }
 }
@@ -249,11 +278,16 @@ impl StreamContext {
     /// The request URI (path and query, as the server received it).
     pub fn uri(&self) -> &Uri {
         match &self.inner.uri {
-            UriRepr::Origin(path) => self
-                .inner
-                .origin_uri
-                .get_or_init(|| Box::new(Uri::from(path.clone()))),
             UriRepr::Other(uri) => uri,
+            origin => self.inner.origin_uri.get_or_init(|| {
+                let path = origin.origin_str().unwrap_or("/");
+                // It was a valid path and query when copied.
+                Box::new(
+                    PathAndQuery::try_from(path)
+                        .map(Uri::from)
+                        .unwrap_or_default(),
+                )
+            }),
         }
     }
 
@@ -474,6 +508,17 @@ mod tests {
             assert_eq!(ctx.method(), method);
             assert_eq!(ctx.uri(), "/a/b?c=d");
         }
+        let long = format!("/{}?q=é", "x".repeat(40));
+        let inline_edge = format!("/{}", "y".repeat(INLINE_URI - 1));
+        let over_edge = format!("/{}", "y".repeat(INLINE_URI));
+        for uri in [&*long, &*inline_edge, &*over_edge, "/%E2%82%AC?a=b"] {
+            let request = http::Request::get(uri).body(()).unwrap();
+            let expected = request.uri().clone();
+            let ctx = StreamContext::kept(&request, Keep::default());
+            drop(request);
+            assert_eq!(ctx.uri(), &expected, "{uri}");
+            assert_eq!(ctx.uri_display().to_string(), expected.to_string());
+        }
         for uri in ["http://example.com/x?y", "*", "https://h:8080/", "/"] {
             let request = http::Request::get(uri).body(()).unwrap();
             let ctx = StreamContext::kept(&request, Keep::default());
@@ -481,6 +526,20 @@ mod tests {
             assert_eq!(ctx.uri_display().to_string(), uri);
             assert!(format!("{ctx:?}").contains(uri), "{ctx:?}");
         }
+    }
+
+    /// A layer's context is one allocation of 72 bytes (an 80-byte glibc
+    /// chunk): the idle share of the quick start (BENCHMARKS.md) counts on it.
+    #[test]
+    fn a_layer_context_is_one_small_allocation() {
+        assert!(
+            std::mem::size_of::<ArcInner>() <= 72,
+            "{}",
+            std::mem::size_of::<ArcInner>()
+        );
+        // What the allocation holds, as `Arc` lays it out.
+        #[allow(dead_code)]
+        struct ArcInner(usize, usize, Inner);
     }
 
     #[test]

@@ -38,6 +38,7 @@ mod conflate;
 mod push;
 mod wake;
 
+use closed::Closing;
 use conflate::Conflation;
 pub(crate) use wake::ReadyPoll;
 
@@ -49,7 +50,9 @@ pub(crate) struct Queue {
     /// function's waker.
     ready_woken: AtomicBool,
     policy: Policy,
-    capacity: usize,
+    /// At most `u32::MAX` (4 billion events): beside `policy` and
+    /// `ready_woken`, it keeps the queue in a smaller allocation.
+    capacity: u32,
     /// A conflating buffer's key function, called by the senders before
     /// they lock (boxed: a thin pointer, so the other queues grow by 8 bytes,
     /// not 16).
@@ -78,14 +81,14 @@ struct State {
     waiting: VecDeque<Waiter>,
     granted: u32,
     /// `EventSender::closed()` calls waiting for the end.
-    closing: Vec<Waiter>,
+    closing: Closing,
     next_id: u64,
     /// Where each key's event is queued: a conflating buffer only (boxed,
     /// so the other queues stay the size they were).
     conflation: Option<Box<Conflation>>,
 }
 
-struct Waiter {
+pub(super) struct Waiter {
     id: u64,
     /// Taken when the waiter is woken (granted a slot, or the queue closed).
     waker: Option<Waker>,
@@ -157,7 +160,7 @@ impl Superseded {
         }
         self.grants.wake_all();
         while self.more {
-            self.more = queue.lock().grant(queue.capacity, &mut self.grants);
+            self.more = queue.lock().grant(queue.capacity(), &mut self.grants);
             self.grants.wake_all();
         }
     }
@@ -368,14 +371,14 @@ impl Queue {
                 panicked: false,
                 waiting: VecDeque::new(),
                 granted: 0,
-                closing: Vec::new(),
+                closing: Closing::None,
                 next_id: 0,
                 conflation: (policy == Policy::Conflate).then(Box::default),
             }),
             // Set: a body-polled ready function is polled first at the first poll.
             ready_woken: AtomicBool::new(true),
             policy,
-            capacity: capacity.max(1),
+            capacity: u32::try_from(capacity).unwrap_or(u32::MAX).max(1),
             key: None,
         }
     }
@@ -415,14 +418,14 @@ impl Queue {
             return Err(Rejected::Closed);
         }
         if self.waits_when_full()
-            && !state.admits_newcomer(self.capacity)
+            && !state.admits_newcomer(self.capacity())
             && !state.holds_key(key.as_deref())
         {
             return Err(Rejected::Full);
         }
         // Newer than every send of its key still waiting.
-        let superseded = state.supersede(key.as_deref(), u64::MAX, self.capacity);
-        let enqueued = state.enqueue(bytes, key, self.policy, self.capacity);
+        let superseded = state.supersede(key.as_deref(), u64::MAX, self.capacity());
+        let enqueued = state.enqueue(bytes, key, self.policy, self.capacity());
         drop(state);
         enqueued.finish();
         superseded.finish(self);
@@ -486,12 +489,12 @@ impl Queue {
             if !frame.is_empty() {
                 let old = state.receiver.take();
                 let mut wakes = WakeList::default();
-                let mut more = taken > 0 && state.grant(self.capacity, &mut wakes);
+                let mut more = taken > 0 && state.grant(self.capacity(), &mut wakes);
                 drop(state);
                 drop(old);
                 wakes.wake_all();
                 while more {
-                    more = self.lock().grant(self.capacity, &mut wakes);
+                    more = self.lock().grant(self.capacity(), &mut wakes);
                     wakes.wake_all();
                 }
                 return Poll::Ready(Ok(taken));
@@ -603,7 +606,7 @@ impl Queue {
     }
 
     pub(crate) fn capacity(&self) -> usize {
-        self.capacity
+        self.capacity as usize
     }
 }
 

@@ -13,7 +13,7 @@ impl Queue {
     pub(crate) fn closed(&self) -> WaitClosed<'_> {
         WaitClosed {
             queue: self,
-            id: None,
+            id: NOT_WAITING,
         }
     }
 }
@@ -21,8 +21,12 @@ impl Queue {
 /// The future of [`Queue::closed`].
 pub(crate) struct WaitClosed<'a> {
     queue: &'a Queue,
-    id: Option<u64>,
+    /// Its waiter's id, or [`NOT_WAITING`] (`State::next_id` starts at 1):
+    /// 16 bytes in all, where an `Option` would make it 24.
+    id: u64,
 }
+
+const NOT_WAITING: u64 = 0;
 
 impl Future for WaitClosed<'_> {
     type Output = ();
@@ -39,25 +43,20 @@ impl Future for WaitClosed<'_> {
             return Poll::Ready(());
         }
         let old = match this.id {
-            Some(id) => state
-                .closing
-                .iter_mut()
-                .find(|w| w.id == id)
-                .and_then(|w| w.waker.replace(waker)),
-            None => {
+            NOT_WAITING => {
                 let id = state.next_id();
-                // Most streams have one such waiter (an idle ready function's):
-                // room for one is 32 bytes a stream where `push` takes 112.
-                if state.closing.capacity() == 0 {
-                    state.closing.reserve_exact(1);
-                }
                 state.closing.push(Waiter {
                     id,
                     waker: Some(waker),
                 });
-                this.id = Some(id);
+                this.id = id;
                 None
             }
+            id => state
+                .closing
+                .iter_mut()
+                .find(|w| w.id == id)
+                .and_then(|w| w.waker.replace(waker)),
         };
         drop(state);
         drop(old);
@@ -67,15 +66,63 @@ impl Future for WaitClosed<'_> {
 
 impl WaitClosed<'_> {
     fn leave(&mut self, state: &mut State) -> Option<Waiter> {
-        let id = self.id.take()?;
-        let at = state.closing.iter().position(|w| w.id == id)?;
-        Some(state.closing.swap_remove(at))
+        let id = std::mem::replace(&mut self.id, NOT_WAITING);
+        if id == NOT_WAITING {
+            return None;
+        }
+        state.closing.remove(id)
+    }
+}
+
+/// The `closed()` calls waiting for the end. Most streams have one (an
+/// idle ready function's): it is held inline, so that it costs the stream
+/// no allocation of its own.
+#[derive(Default)]
+pub(super) enum Closing {
+    #[default]
+    None,
+    One(Waiter),
+    Many(Vec<Waiter>),
+}
+
+impl Closing {
+    fn push(&mut self, waiter: Waiter) {
+        match std::mem::take(self) {
+            Self::None => *self = Self::One(waiter),
+            Self::One(first) => *self = Self::Many(vec![first, waiter]),
+            Self::Many(mut all) => {
+                all.push(waiter);
+                *self = Self::Many(all);
+            }
+        }
+    }
+
+    pub(super) fn iter_mut(&mut self) -> std::slice::IterMut<'_, Waiter> {
+        match self {
+            Self::None => [].iter_mut(),
+            Self::One(waiter) => std::slice::from_mut(waiter).iter_mut(),
+            Self::Many(all) => all.iter_mut(),
+        }
+    }
+
+    fn remove(&mut self, id: u64) -> Option<Waiter> {
+        match self {
+            Self::One(waiter) if waiter.id == id => match std::mem::take(self) {
+                Self::One(waiter) => Some(waiter),
+                _ => None,
+            },
+            Self::Many(all) => {
+                let at = all.iter().position(|w| w.id == id)?;
+                Some(all.swap_remove(at))
+            }
+            _ => None,
+        }
     }
 }
 
 impl Drop for WaitClosed<'_> {
     fn drop(&mut self) {
-        if self.id.is_none() {
+        if self.id == NOT_WAITING {
             return;
         }
         let mut state = self.queue.lock();

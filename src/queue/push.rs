@@ -116,7 +116,7 @@ impl Future for Push<'_> {
                     left = Some(this.leave(&mut state));
                     true
                 }
-                (true, None) => state.admits_newcomer(queue.capacity),
+                (true, None) => state.admits_newcomer(queue.capacity()),
                 (true, Some(id)) => {
                     let position = state.waiting.iter().position(|w| w.id == id);
                     match position {
@@ -138,8 +138,8 @@ impl Future for Push<'_> {
                 if let Some(conflation) = &mut state.conflation {
                     conflation.forget(arrived);
                 }
-                let superseded = state.supersede(key.as_deref(), arrived, queue.capacity);
-                let enqueued = state.enqueue(bytes, key, queue.policy, queue.capacity);
+                let superseded = state.supersede(key.as_deref(), arrived, queue.capacity());
+                let enqueued = state.enqueue(bytes, key, queue.policy, queue.capacity());
                 drop(state);
                 if let Some((removed, mut wakes)) = left {
                     drop(removed);
@@ -211,7 +211,7 @@ impl Push<'_> {
             state.granted -= 1;
             if !state.closed {
                 // One slot freed, so at most one grant: `wakes` has room.
-                state.grant(self.queue.capacity, &mut wakes);
+                state.grant(self.queue.capacity(), &mut wakes);
             }
         }
         (removed, wakes)
