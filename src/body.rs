@@ -9,7 +9,6 @@ use std::{
     pin::Pin,
     sync::Arc,
     task::{Context, Poll},
-    time::Duration,
 };
 
 use bytes::Bytes;
@@ -17,7 +16,6 @@ use http::Method;
 use http_body::{Body, Frame};
 use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
-use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use crate::{
     StreamContext,
@@ -28,74 +26,18 @@ use crate::{
     hub::Subscription,
     queue::{Ended, Queue},
     sender::EventSender,
-    stall::{Out, StallWatch},
+    stall::Out,
     stats,
     telemetry::StreamMetrics,
 };
 
+mod extras;
 mod ready;
+mod reason;
 
+use extras::{Extras, span_of};
 use ready::ReadyState;
-
-/// Why a stream ended, as given to the on-disconnect callback.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum DisconnectReason {
-    /// Every sender was dropped, or one called [`EventSender::close`]: the
-    /// queued events were delivered and the body ended cleanly.
-    Completed,
-    /// The client went away (the body was dropped before its end).
-    ClientDisconnected,
-    /// A task holding a sender panicked; the queued events were delivered and
-    /// the body ended cleanly.
-    Panicked,
-    /// The server is shutting down (see [`SseLayer::shutdown_on`](crate::SseLayer::shutdown_on)):
-    /// the queued events and the shutdown event were delivered, then the body
-    /// ended cleanly.
-    Shutdown,
-    /// The client stayed connected but stopped reading: a frame handed to
-    /// the connection was not written for the stall timeout (see
-    /// [`SseLayer::stall_timeout`](crate::SseLayer::stall_timeout)). The
-    /// body ended with [`StreamError::Stalled`], so the connection was
-    /// closed (HTTP/1) or the stream reset (HTTP/2).
-    Stalled,
-    /// A hub stream fell behind its topics' history under
-    /// [`LagPolicy::Close`](crate::hub::LagPolicy::Close): the body ended cleanly
-    /// and the client reconnects, resuming from `Last-Event-ID`.
-    Lagged,
-    /// The stream's compressor failed: the body ended with
-    /// [`StreamError::Compression`].
-    #[cfg(feature = "compression")]
-    CompressionFailed,
-}
-
-/// Why an event stream's body failed. The connection is closed (HTTP/1) or
-/// the stream reset (HTTP/2), and an `EventSource` reconnects.
-#[derive(Clone, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum StreamError {
-    /// The client stopped reading: a frame was not written for this long
-    /// (the stream's stall timeout).
-    Stalled(Duration),
-    /// The stream's compressor failed (see [`Compression`](crate::Compression)):
-    /// the body ends rather than send bytes the client cannot decode.
-    #[cfg(feature = "compression")]
-    Compression(String),
-}
-
-impl fmt::Display for StreamError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Stalled(timeout) => {
-                write!(f, "client stalled: nothing written for {timeout:?}")
-            }
-            #[cfg(feature = "compression")]
-            Self::Compression(err) => write!(f, "compression failed: {err}"),
-        }
-    }
-}
-
-impl std::error::Error for StreamError {}
+pub use reason::{DisconnectReason, StreamError};
 
 pin_project! {
     /// The body of an event stream: an [`http_body::Body`] that yields encoded
@@ -201,35 +143,6 @@ struct State {
     /// The compressor of every frame, when the request chose an encoding.
     #[cfg(feature = "compression")]
     compressed: Option<Box<crate::compression::StreamCompressor>>,
-}
-
-/// What only some streams have.
-struct Extras {
-    /// The stream's tracing span, when enabled.
-    span: tracing::Span,
-    /// Resolves when the server shuts down; `None` once it has.
-    shutdown: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
-    /// The frame handed to the connection, watched with a stall timeout.
-    stall: Option<StallWatch>,
-}
-
-impl Extras {
-    fn new(span: tracing::Span, config: &StreamConfig) -> Option<Box<Self>> {
-        let extras = Self {
-            shutdown: config
-                .shutdown
-                .as_ref()
-                .map(|token| Box::pin(token.clone().cancelled_owned())),
-            stall: config.stall_timeout.map(StallWatch::new),
-            span,
-        };
-        let none = extras.span.is_disabled() && extras.shutdown.is_none() && extras.stall.is_none();
-        (!none).then(|| Box::new(extras))
-    }
-}
-
-fn span_of(extras: &Option<Box<Extras>>) -> &tracing::Span {
-    extras.as_ref().map_or(&NO_SPAN, |extras| &extras.span)
 }
 
 /// Where a stream's events come from.

@@ -121,7 +121,7 @@
 //!    through the stream's compressor and is flushed
 //!    (`compression/encoder.rs`; the encoding was negotiated from
 //!    `Accept-Encoding` when the stream was made, `compression/negotiate.rs`).
-//! 5. `layer.rs`, [`ResponseBody`]: the layer's body hands the frame to
+//! 5. `layer/response_body.rs`, [`ResponseBody`]: the layer's body hands the frame to
 //!    hyper, which writes it to the socket.
 //!
 //! A hub event takes another road to the same body: `hub/mod.rs`,

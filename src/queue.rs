@@ -33,11 +33,13 @@ use crate::{
     sync::{AtomicBool, Mutex, MutexGuard},
 };
 
+mod after_lock;
 mod closed;
 mod conflate;
 mod push;
 mod wake;
 
+use after_lock::{Enqueued, Superseded, WakeList, wake_all};
 use closed::Closing;
 use conflate::Conflation;
 pub(crate) use wake::ReadyPoll;
@@ -108,92 +110,6 @@ pub(crate) enum Ended {
     Panicked,
     /// A hub stream fell behind under `LagPolicy::Close` (never from a queue).
     Lagged,
-}
-
-/// What an accepted event displaced, to be dealt with after the lock.
-#[derive(Default)]
-struct Enqueued {
-    receiver: Option<Waker>,
-    /// The event a dropping policy discarded (the new one or the oldest),
-    /// or the one a conflating buffer replaced.
-    discarded: Option<Bytes>,
-    /// The drop count after a discard, for `tracing`.
-    dropped: Option<(u64, Policy)>,
-}
-
-impl Enqueued {
-    /// Runs, after the lock, what the enqueue left to do.
-    fn finish(self) {
-        drop(self.discarded);
-        if let Some((dropped, policy)) = self.dropped {
-            match policy {
-                Policy::DropNewest => {
-                    tracing::debug!(dropped, "buffer full: dropped the newest event");
-                }
-                Policy::DropOldest => {
-                    tracing::debug!(dropped, "buffer full: dropped the oldest event");
-                }
-                Policy::Conflate | Policy::Wait => {
-                    tracing::trace!(dropped, "conflated: replaced the queued event of its key");
-                }
-            }
-        }
-        if let Some(waker) = self.receiver {
-            waker.wake();
-        }
-    }
-}
-
-/// What superseding waiting sends left to do after the lock.
-#[derive(Default)]
-struct Superseded {
-    wakers: Vec<Waker>,
-    grants: WakeList,
-    /// More slots to grant than `grants` holds.
-    more: bool,
-}
-
-impl Superseded {
-    fn finish(mut self, queue: &Queue) {
-        for waker in self.wakers {
-            waker.wake();
-        }
-        self.grants.wake_all();
-        while self.more {
-            self.more = queue.lock().grant(queue.capacity(), &mut self.grants);
-            self.grants.wake_all();
-        }
-    }
-}
-
-/// Wakers collected under the lock, woken after it (a few inline: most
-/// drains grant room to one waiting sender at most).
-#[derive(Default)]
-struct WakeList {
-    wakers: [Option<Waker>; 4],
-    len: usize,
-}
-
-impl WakeList {
-    fn is_full(&self) -> bool {
-        self.len == self.wakers.len()
-    }
-
-    fn push(&mut self, waker: Option<Waker>) {
-        if let Some(waker) = waker {
-            self.wakers[self.len] = Some(waker);
-            self.len += 1;
-        }
-    }
-
-    fn wake_all(&mut self) {
-        for waker in &mut self.wakers[..self.len] {
-            if let Some(waker) = waker.take() {
-                waker.wake();
-            }
-        }
-        self.len = 0;
-    }
 }
 
 impl State {
@@ -335,12 +251,6 @@ impl State {
     fn next_id(&mut self) -> u64 {
         self.next_id += 1;
         self.next_id
-    }
-}
-
-fn wake_all(wakers: Vec<Waker>) {
-    for waker in wakers {
-        waker.wake();
     }
 }
 
