@@ -25,6 +25,52 @@ pub(crate) struct Entry {
     pub(crate) id: Arc<str>,
     pub(crate) bytes: Bytes,
     pub(crate) at: Instant,
+    /// Under [`LagPolicy::Conflate`](super::LagPolicy::Conflate): how many
+    /// events of the topic without a key were pushed up to and including
+    /// this one (0 otherwise). Set by [`Ring::push`].
+    pub(crate) keyless: u64,
+}
+
+/// The newest event of one key in a conflating topic, kept after it leaves
+/// the ring.
+pub(crate) struct Latest {
+    /// Its index in the ring (it is gone once below `first_index`).
+    pub(crate) index: u64,
+    pub(crate) key: Key,
+    pub(crate) bytes: Bytes,
+    pub(crate) at: Instant,
+}
+
+/// A conflating topic's memory of its keys (`LagPolicy::Conflate`).
+#[derive(Default)]
+pub(crate) struct Conflation {
+    /// The newest event of each key ever pushed, kept for as long as the
+    /// topic lives: one entry per distinct key.
+    pub(crate) latest: HashMap<Arc<str>, Latest>,
+    /// How many events without a key were pushed.
+    pub(crate) keyless: u64,
+    /// How many of them were before `first_index` (evicted).
+    pub(crate) keyless_evicted: u64,
+}
+
+impl Conflation {
+    /// Whether the event at `index` is still the newest of `key`.
+    pub(crate) fn is_latest(&self, key: &str, index: u64) -> bool {
+        self.latest.get(key).is_some_and(|l| l.index == index)
+    }
+
+    /// The newest events of keys whose newest event is in `gap`, in index
+    /// order, with their keys.
+    pub(crate) fn in_gap(&self, gap: std::ops::Range<u64>) -> Vec<(Arc<str>, &Latest)> {
+        let mut found: Vec<(Arc<str>, &Latest)> = self
+            .latest
+            .iter()
+            .filter(|(_, latest)| gap.contains(&latest.index))
+            .map(|(key, latest)| (key.clone(), latest))
+            .collect();
+        found.sort_unstable_by_key(|(_, latest)| latest.index);
+        found
+    }
 }
 
 /// A topic's events: the newest `window` of them, or fewer.
@@ -45,16 +91,34 @@ pub(crate) struct Ring {
     /// then the ring takes nothing, and no stream resumes from it).
     #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) followed: bool,
+    /// Under `LagPolicy::Conflate`, the newest event of each key.
+    pub(crate) conflation: Option<Box<Conflation>>,
 }
 
 impl Ring {
-    fn new(followed: bool) -> Self {
+    fn new(followed: bool, conflating: bool) -> Self {
         Self {
             entries: VecDeque::new(),
             first_index: 0,
             complete: (0, 0),
             floor: None,
             followed,
+            conflation: conflating.then(Box::default),
+        }
+    }
+
+    /// Under `LagPolicy::Conflate`: how many events without a key came
+    /// before index `index` (at least `first_index`, at most the end).
+    pub(crate) fn keyless_before(&self, index: u64) -> u64 {
+        let Some(conflation) = &self.conflation else {
+            return 0;
+        };
+        match index.checked_sub(self.first_index + 1) {
+            Some(before) => usize::try_from(before)
+                .ok()
+                .and_then(|before| self.entries.get(before))
+                .map_or(conflation.keyless, |e| e.keyless),
+            None => conflation.keyless_evicted,
         }
     }
 
@@ -79,7 +143,26 @@ impl Ring {
         self.first_index + self.entries.partition_point(|e| e.key <= key) as u64
     }
 
-    pub(crate) fn push(&mut self, entry: Entry) {
+    /// Appends `entry`; under `LagPolicy::Conflate`, as the newest event
+    /// of `key` (`None`: an event that cannot be conflated).
+    pub(crate) fn push(&mut self, mut entry: Entry, key: Option<Arc<str>>) {
+        if let Some(conflation) = &mut self.conflation {
+            let index = self.first_index + self.entries.len() as u64;
+            match key {
+                Some(key) => {
+                    let latest = Latest {
+                        index,
+                        key: entry.key,
+                        bytes: entry.bytes.clone(),
+                        at: entry.at,
+                    };
+                    // The one it replaces holds only bytes the hub encoded.
+                    conflation.latest.insert(key, latest);
+                }
+                None => conflation.keyless += 1,
+            }
+            entry.keyless = conflation.keyless;
+        }
         self.entries.push_back(entry);
     }
 
@@ -92,6 +175,9 @@ impl Ring {
                 break;
             }
             self.floor = Some(oldest.key);
+            if let Some(conflation) = &mut self.conflation {
+                conflation.keyless_evicted = oldest.keyless;
+            }
             self.entries.pop_front();
             self.first_index += 1;
         }
@@ -125,9 +211,10 @@ pub(crate) struct Topic {
 impl Topic {
     /// A topic; `followed`: its ring takes events now (always, in memory;
     /// on Redis once the reader follows it).
-    pub(crate) fn new(followed: bool) -> Self {
+    /// `conflating`: it keeps the newest event of each key (`LagPolicy::Conflate`).
+    pub(crate) fn new(followed: bool, conflating: bool) -> Self {
         Self {
-            ring: RwLock::new(Ring::new(followed)),
+            ring: RwLock::new(Ring::new(followed, conflating)),
             wakers: Mutex::new(HashMap::new()),
             epoch: AtomicU64::new(0),
             subscribers: AtomicUsize::new(0),
