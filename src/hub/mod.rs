@@ -30,6 +30,8 @@ mod ready;
 #[cfg(feature = "redis")]
 mod redis;
 mod subscription;
+#[cfg(test)]
+mod tests;
 mod topic;
 mod topics;
 
