@@ -473,3 +473,43 @@ fn parse_entries(value: &Value) -> Vec<Stored> {
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bulk(text: &str) -> Value {
+        Value::BulkString(text.as_bytes().to_vec())
+    }
+
+    #[test]
+    fn entries_carry_their_conflation_key_when_stored_with_one() {
+        let reply = Value::Array(vec![
+            Value::Array(vec![
+                bulk("5-0"),
+                Value::Array(vec![
+                    bulk("sse"),
+                    bulk("data: a\n\n"),
+                    bulk("key"),
+                    bulk("AAPL"),
+                ]),
+            ]),
+            Value::Array(vec![
+                bulk("6-1"),
+                Value::Array(vec![bulk("sse"), bulk("data: b\n\n")]),
+            ]),
+            // No stored event: skipped.
+            Value::Array(vec![
+                bulk("7-0"),
+                Value::Array(vec![bulk("key"), bulk("X")]),
+            ]),
+        ]);
+        let entries = parse_entries(&reply);
+        assert_eq!(entries.len(), 2);
+        assert_eq!(entries[0].0, (5, 0));
+        assert_eq!(entries[0].2, Bytes::from_static(b"data: a\n\n"));
+        assert_eq!(entries[0].3.as_deref(), Some("AAPL"));
+        assert_eq!(entries[1].0, (6, 1));
+        assert_eq!(entries[1].3, None);
+    }
+}

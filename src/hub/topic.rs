@@ -2,7 +2,8 @@
 //! for its next event.
 
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::{BTreeMap, HashMap, VecDeque},
+    ops::Range,
     sync::{
         Arc, Mutex, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard,
         atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
@@ -47,6 +48,9 @@ pub(crate) struct Conflation {
     /// The newest event of each key ever pushed, kept for as long as the
     /// topic lives: one entry per distinct key.
     pub(crate) latest: HashMap<Arc<str>, Latest>,
+    /// The keys of `latest` by the index of their newest event, so that a
+    /// gap's keys are found without going through every key.
+    by_index: BTreeMap<u64, Arc<str>>,
     /// How many events without a key were pushed.
     pub(crate) keyless: u64,
     /// How many of them were before `first_index` (evicted).
@@ -61,15 +65,21 @@ impl Conflation {
 
     /// The newest events of keys whose newest event is in `gap`, in index
     /// order, with their keys.
-    pub(crate) fn in_gap(&self, gap: std::ops::Range<u64>) -> Vec<(Arc<str>, &Latest)> {
-        let mut found: Vec<(Arc<str>, &Latest)> = self
-            .latest
-            .iter()
-            .filter(|(_, latest)| gap.contains(&latest.index))
-            .map(|(key, latest)| (key.clone(), latest))
-            .collect();
-        found.sort_unstable_by_key(|(_, latest)| latest.index);
-        found
+    pub(crate) fn in_gap(&self, gap: Range<u64>) -> Vec<(Arc<str>, &Latest)> {
+        self.by_index
+            .range(gap)
+            .filter_map(|(_, key)| Some((key.clone(), self.latest.get(key)?)))
+            .collect()
+    }
+
+    /// The event at `index` is now the newest of `key`.
+    fn pushed(&mut self, key: Arc<str>, latest: Latest) {
+        let index = latest.index;
+        // What is replaced holds only bytes the hub encoded.
+        if let Some(replaced) = self.latest.insert(key.clone(), latest) {
+            self.by_index.remove(&replaced.index);
+        }
+        self.by_index.insert(index, key);
     }
 }
 
@@ -156,8 +166,7 @@ impl Ring {
                         bytes: entry.bytes.clone(),
                         at: entry.at,
                     };
-                    // The one it replaces holds only bytes the hub encoded.
-                    conflation.latest.insert(key, latest);
+                    conflation.pushed(key, latest);
                 }
                 None => conflation.keyless += 1,
             }
@@ -279,5 +288,75 @@ impl Topic {
         for (_, waker) in taken {
             waker.wake();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(seq: u64) -> Entry {
+        Entry {
+            key: (seq, 0),
+            id: seq.to_string().into(),
+            bytes: Bytes::from(format!("data: {seq}\n\n")),
+            at: Instant::now(),
+            keyless: 0,
+        }
+    }
+
+    /// Pushes events 1..=keys.len() with those keys, keeping `window`.
+    fn ring(keys: &[Option<&str>], window: usize) -> Ring {
+        let mut ring = Ring::new(true, true);
+        for (i, key) in keys.iter().enumerate() {
+            ring.push(entry(i as u64 + 1), key.map(Arc::from));
+            ring.evict(window, None, Instant::now());
+        }
+        ring
+    }
+
+    #[test]
+    fn the_newest_event_of_each_key_outlives_the_ring_and_is_found_by_index() {
+        let keys = [
+            Some("a"),
+            Some("b"),
+            None,
+            Some("a"),
+            Some("c"),
+            None,
+            Some("d"),
+        ];
+        let ring = ring(&keys, 2);
+        assert_eq!(ring.first_index, 5);
+        let conflation = ring.conflation.as_deref().unwrap();
+        // a's newest is index 3, b's 1, c's 4 (gone from the ring), d's 6 (in it).
+        let gap: Vec<(String, u64)> = conflation
+            .in_gap(0..ring.first_index)
+            .iter()
+            .map(|(key, latest)| (key.to_string(), latest.index))
+            .collect();
+        assert_eq!(gap, [("b".into(), 1), ("a".into(), 3), ("c".into(), 4)]);
+        assert_eq!(conflation.latest.len(), 4);
+        assert_eq!(conflation.by_index.len(), 4, "one index per key");
+        assert!(conflation.is_latest("a", 3));
+        assert!(!conflation.is_latest("a", 0));
+        assert_eq!(conflation.in_gap(2..4).len(), 1);
+    }
+
+    #[test]
+    fn keyless_events_are_counted_before_every_index() {
+        let keys = [Some("a"), None, None, Some("b"), None, Some("c")];
+        let ring = ring(&keys, 3);
+        // Evicted: indexes 0..3, with two events without a key.
+        assert_eq!(ring.first_index, 3);
+        assert_eq!(ring.keyless_before(3), 2);
+        assert_eq!(ring.keyless_before(4), 2);
+        assert_eq!(ring.keyless_before(5), 3);
+        assert_eq!(ring.keyless_before(6), 3, "the end of the ring");
+        // A ring that does not conflate counts nothing.
+        let mut plain = Ring::new(true, false);
+        plain.push(entry(1), None);
+        assert_eq!(plain.keyless_before(1), 0);
+        assert!(plain.conflation.is_none());
     }
 }
