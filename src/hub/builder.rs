@@ -122,9 +122,18 @@ impl HubBuilder {
     }
 
     /// What happens to a stream that falls behind the history (default
-    /// [`LagPolicy::Notify`]). [`LagPolicy::Conflate`] set here, without
-    /// [`conflate_by`](Self::conflate_by), keys events by their name
-    /// ([`Event::name_ref`]; an event without a name has no key).
+    /// [`LagPolicy::Notify`]). [`LagPolicy::Conflate`] set here keys events
+    /// by the function of an earlier [`conflate_by`](Self::conflate_by),
+    /// or without one by their name ([`Event::name_ref`]; an event without
+    /// a name has no key).
+    ///
+    /// ```
+    /// use tower_sse::hub::{Hub, LagPolicy};
+    ///
+    /// // A slow client gets the newest event of each event name it missed.
+    /// let hub = Hub::builder().lag_policy(LagPolicy::Conflate).build();
+    /// # let _ = hub;
+    /// ```
     pub fn lag_policy(mut self, lag: LagPolicy) -> Self {
         self.lag = lag;
         self

@@ -428,7 +428,9 @@ impl Hub {
         self.inner.lock().map.len()
     }
 
-    /// Events missed by lagging streams so far, over all streams.
+    /// Events missed by lagging streams so far, over all streams. Under
+    /// [`LagPolicy::Conflate`] it counts the events replaced by a newer
+    /// event of their key as well as those lost (without a key).
     pub fn lagged_events(&self) -> u64 {
         self.inner.lagged.load(Ordering::Relaxed)
     }
