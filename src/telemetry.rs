@@ -15,7 +15,7 @@
 //! | `sse_events_dropped_total` | counter | events a dropping or sliding buffer dropped, or a conflating one replaced |
 //! | `sse_event_payload_bytes` | histogram | the size of each event sent or published, encoded (Pedestal's payload-size histogram) |
 //! | `sse_hub_published_total` | counter | events published to a hub |
-//! | `sse_hub_lagged_events_total` | counter | events hub streams missed because they fell behind |
+//! | `sse_hub_lagged_events_total` | counter | events hub streams missed because they fell behind (under `LagPolicy::Conflate`, also those replaced by a newer event of their key) |
 //! | `sse_hub_resets_total` | counter | `reset` events sent (a `Last-Event-ID` that could not be resumed) |
 //! | `sse_hub_delivery_seconds` | histogram | from a hub event's publish to its hand-over to a stream's connection |
 //!

@@ -21,6 +21,9 @@ use crate::Event;
 /// A topic's current state, as one event (see [`HubBuilder::snapshot`]).
 pub(crate) type SnapshotFn = dyn Fn(String) -> BoxFuture<'static, Event> + Send + Sync;
 
+/// An event's conflation key (see [`HubBuilder::conflate_by`]).
+pub(crate) type KeyFn = dyn Fn(&Event) -> Option<String> + Send + Sync;
+
 /// Builds a [`Hub`] with a history size, a history age and a lag policy.
 #[derive(Clone)]
 #[must_use = "a HubBuilder does nothing until built"]
@@ -30,6 +33,8 @@ pub struct HubBuilder {
     pub(super) max_age: Option<Duration>,
     pub(super) max_topics: Option<usize>,
     pub(super) lag: LagPolicy,
+    /// The key function of [`LagPolicy::Conflate`] (default: the event's name).
+    pub(super) conflate: Option<Arc<KeyFn>>,
     #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(super) key_prefix: String,
 }
@@ -116,9 +121,58 @@ impl HubBuilder {
         self
     }
 
-    /// What happens to a stream that falls behind the history (default [`LagPolicy::Notify`]).
+    /// What happens to a stream that falls behind the history (default
+    /// [`LagPolicy::Notify`]). [`LagPolicy::Conflate`] set here keys events
+    /// by the function of an earlier [`conflate_by`](Self::conflate_by),
+    /// or without one by their name ([`Event::name_ref`]; an event without
+    /// a name has no key).
+    ///
+    /// ```
+    /// use tower_sse::hub::{Hub, LagPolicy};
+    ///
+    /// // A slow client gets the newest event of each event name it missed.
+    /// let hub = Hub::builder().lag_policy(LagPolicy::Conflate).build();
+    /// # let _ = hub;
+    /// ```
     pub fn lag_policy(mut self, lag: LagPolicy) -> Self {
         self.lag = lag;
+        self
+    }
+
+    /// Sets the lag policy to [`LagPolicy::Conflate`], with `key` giving
+    /// each event's key: a stream that falls behind gets the newest event
+    /// of each key it missed, and a [`LAGGED_EVENT`] counting only the
+    /// missed events whose key is `None`.
+    ///
+    /// `key` is called once per event, in [`Hub::publish`], before the hub
+    /// takes any lock, on the event as the publisher gave it: without the
+    /// id the hub gives it (an id the publisher set is there; on Redis it
+    /// is replaced afterwards). A panic in `key` reaches the caller of
+    /// `publish`, and the event is not published. Each topic keeps the
+    /// newest event of every key for as long as it lives: keys should come
+    /// from a bounded set (see [`LagPolicy::Conflate`]). With Redis, the
+    /// key is stored with the event, so every node conflates alike.
+    ///
+    /// ```
+    /// use tower_sse::{Event, hub::Hub};
+    ///
+    /// // Prices: a slow client gets the latest price of each symbol, the
+    /// // symbol being the event's data up to the first space.
+    /// let hub = Hub::builder()
+    ///     .history(256)
+    ///     .conflate_by(|event: &Event| {
+    ///         let data = event.data_ref()?;
+    ///         data.split_once(' ').map(|(symbol, _)| symbol.to_owned())
+    ///     })
+    ///     .build();
+    /// # let _ = hub;
+    /// ```
+    pub fn conflate_by<F>(mut self, key: F) -> Self
+    where
+        F: Fn(&Event) -> Option<String> + Send + Sync + 'static,
+    {
+        self.conflate = Some(Arc::new(key));
+        self.lag = LagPolicy::Conflate;
         self
     }
 
@@ -162,6 +216,11 @@ impl HubBuilder {
             subscribers: AtomicUsize::new(0),
             next_stream: AtomicU64::new(0),
             snapshot: self.snapshot.clone(),
+            conflate: (self.lag == LagPolicy::Conflate).then(|| {
+                self.conflate.clone().unwrap_or_else(|| {
+                    Arc::new(|event: &Event| event.name_ref().map(str::to_owned))
+                })
+            }),
             #[cfg(feature = "redis")]
             redis: None,
         }
@@ -176,6 +235,7 @@ impl fmt::Debug for HubBuilder {
             .field("max_topics", &self.max_topics)
             .field("lag", &self.lag)
             .field("snapshot", &self.snapshot.is_some())
+            .field("conflate_by", &self.conflate.is_some())
             .field("key_prefix", &self.key_prefix)
             .finish()
     }

@@ -30,6 +30,8 @@ mod ready;
 #[cfg(feature = "redis")]
 mod redis;
 mod subscription;
+#[cfg(test)]
+mod tests;
 mod topic;
 mod topics;
 
@@ -38,7 +40,7 @@ pub use self::layer::Refusal;
 pub(crate) use self::layer::{HubSource, Selected};
 pub(crate) use self::subscription::{Lagged, Subscription};
 use self::{
-    builder::SnapshotFn,
+    builder::{KeyFn, SnapshotFn},
     topic::{Entry, Key},
     topics::{TooManyTopics, Topics},
 };
@@ -80,6 +82,8 @@ pub const MAX_LAST_EVENT_ID_LEN: usize = 256;
 
 /// The event type a stream receives, under [`LagPolicy::Notify`], where it
 /// missed events because it could not keep up. The data is how many it missed.
+/// Under [`LagPolicy::Conflate`], it counts only the missed events without a
+/// key (those replaced by a newer event of their key are not announced).
 pub const LAGGED_EVENT: &str = "lagged";
 
 /// How many events at most a stream takes from the rings at a time.
@@ -101,6 +105,33 @@ pub enum LagPolicy {
     /// Close the stream: the browser reconnects with `Last-Event-ID` and
     /// resumes from history (or gets a [`RESET_EVENT`] if that is gone too).
     Close,
+    /// Deliver the newest event of each key the stream missed, then go on:
+    /// the hub's counterpart of [`Buffer::conflating`](crate::Buffer::conflating).
+    ///
+    /// Each event gets a key when published: by the function given to
+    /// [`HubBuilder::conflate_by`], or, set with
+    /// [`lag_policy`](HubBuilder::lag_policy) alone, the event's name
+    /// ([`Event::name_ref`]). Each topic remembers the newest event of
+    /// every key, also once history has let it go. A stream that falls
+    /// behind gets, for the events it missed, the newest event of each key
+    /// whose newest event was among them, in publish order and before what
+    /// history still holds (a key whose newest event history still holds
+    /// gets it from there): after catching up, the last event it got of
+    /// each key is the newest published. Replaced events are counted in
+    /// [`Hub::lagged_events`] (as a conflating buffer counts them as
+    /// dropped) but not announced. Missed events without a key (the key
+    /// function returned `None`) cannot be replaced: they are lost, and the
+    /// stream gets a [`LAGGED_EVENT`] with how many, before the newest
+    /// values.
+    ///
+    /// Memory: one event per distinct key per topic, for as long as the
+    /// topic lives (not bounded by `history` or `max_age`, which bound what
+    /// is replayed). Keys should come from a bounded set: symbols, ids of
+    /// things, not one per event. No [`snapshot`](HubBuilder::snapshot) is
+    /// sent on lag (the newest values are); snapshots still replace resets.
+    /// A `Last-Event-ID` is resumed from exactly as under the other
+    /// policies: history, else a reset (or snapshots).
+    Conflate,
 }
 
 /// Why [`Hub::publish`] refused an event.
@@ -198,6 +229,8 @@ struct Inner {
     next_stream: AtomicU64,
     /// Sent in place of a reset or a lag notice (`HubBuilder::snapshot`).
     snapshot: Option<Arc<SnapshotFn>>,
+    /// Under [`LagPolicy::Conflate`] (only): the key of each event.
+    conflate: Option<Arc<KeyFn>>,
     #[cfg(feature = "redis")]
     redis: Option<redis::Backend>,
 }
@@ -217,6 +250,15 @@ impl Inner {
         return self.redis.is_some();
         #[cfg(not(feature = "redis"))]
         false
+    }
+
+    /// The conflation key of `event` under [`LagPolicy::Conflate`] (`None`
+    /// otherwise). Calls the application's key function: never under a lock.
+    fn conflation_key(&self, event: &Event) -> Option<Arc<str>> {
+        self.conflate
+            .as_ref()
+            .and_then(|key| key(event))
+            .map(Arc::from)
     }
 
     fn lock(&self) -> MutexGuard<'_, Topics> {
@@ -284,6 +326,7 @@ impl Hub {
             max_age: None,
             max_topics: None,
             lag: LagPolicy::Notify,
+            conflate: None,
             key_prefix: "tower-sse:".to_owned(),
         }
     }
@@ -298,22 +341,37 @@ impl Hub {
     /// [`PublishError::Unavailable`] when Redis cannot store it;
     /// [`PublishError::TooManyTopics`] for a new topic when the hub is full
     /// (in memory). In every case nothing is published.
+    ///
+    /// # Panics
+    ///
+    /// When the key function of [`HubBuilder::conflate_by`] panics: it is
+    /// called here, before anything is locked or published, so the panic
+    /// reaches the caller and the hub is left as it was.
     pub async fn publish(
         &self,
         topic: &str,
         event: impl Into<Event>,
     ) -> Result<String, PublishError> {
+        let event = event.into();
+        // Before any lock: the key function is the application's code.
+        let key = self.inner.conflation_key(&event);
         #[cfg(feature = "redis")]
         if let Some(backend) = &self.inner.redis {
-            return backend.publish(topic, event.into()).await;
+            return backend.publish(topic, event, key).await;
         }
-        let (id, len) = self.publish_local(topic, event.into())?;
+        let (id, len) = self.publish_local(topic, event, key)?;
         telemetry::hub_published(len);
         Ok(id)
     }
 
-    /// Publishes in memory; returns the id and the encoded size.
-    fn publish_local(&self, name: &str, mut event: Event) -> Result<(String, usize), PublishError> {
+    /// Publishes in memory with its conflation key; returns the id and the
+    /// encoded size.
+    fn publish_local(
+        &self,
+        name: &str,
+        mut event: Event,
+        key: Option<Arc<str>>,
+    ) -> Result<(String, usize), PublishError> {
         let inner = &self.inner;
         let now = Instant::now();
         let mut topics = inner.lock();
@@ -333,12 +391,16 @@ impl Hub {
         topics.next_seq += 1;
         {
             let mut ring = topic.write();
-            ring.push(Entry {
-                key: (seq, 0),
-                id: id.clone(),
-                bytes,
-                at: now,
-            });
+            ring.push(
+                Entry {
+                    key: (seq, 0),
+                    id: id.clone(),
+                    bytes,
+                    at: now,
+                    keyless: 0,
+                },
+                key,
+            );
             ring.evict(inner.window, inner.max_age, now);
         }
         if topic.subscribers.load(Ordering::Relaxed) == 0 {
@@ -366,7 +428,9 @@ impl Hub {
         self.inner.lock().map.len()
     }
 
-    /// Events missed by lagging streams so far, over all streams.
+    /// Events missed by lagging streams so far, over all streams. Under
+    /// [`LagPolicy::Conflate`] it counts the events replaced by a newer
+    /// event of their key as well as those lost (without a key).
     pub fn lagged_events(&self) -> u64 {
         self.inner.lagged.load(Ordering::Relaxed)
     }

@@ -38,6 +38,13 @@ mod replay;
 /// A Redis stream entry id: milliseconds and sequence.
 pub(crate) type StreamId = (u64, u64);
 
+/// A stored entry: its id (parsed and as text), its stored event, and its
+/// conflation key (`LagPolicy::Conflate`), if it was published with one.
+pub(crate) type Stored = (StreamId, String, Bytes, Option<Arc<str>>);
+
+/// The field of a stream entry holding its conflation key.
+const KEY_FIELD: &str = "key";
+
 /// How long one `XREAD` blocks before the reader looks for new topics.
 const READ_BLOCK: Duration = Duration::from_millis(250);
 /// Entries per `XREAD` and per `XRANGE` page.
@@ -48,7 +55,9 @@ const MAX_BACKOFF: Duration = Duration::from_secs(2);
 /// Appends an event with the hub's next id: the later of now and one past
 /// the last id the hub gave (in any topic), so ids increase across topics
 /// in the order of publishing. `KEYS`: the stream, the hub's clock.
-/// `ARGV`: trim, the stored event, `max_age` in ms (0: none).
+/// `ARGV`: trim, the stored event, `max_age` in ms (0: none), then, under
+/// `LagPolicy::Conflate` for an event with a key, `key` and the key (stored
+/// as the entry's field `key`).
 const PUBLISH: &str = r"
 local t = redis.call('TIME')
 local ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -63,7 +72,7 @@ if last then
   end
 end
 local id = string.format('%d-%d', ms, seq)
-redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], id, 'sse', ARGV[2])
+redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], id, 'sse', ARGV[2], unpack(ARGV, 4))
 redis.call('SET', KEYS[2], id)
 if tonumber(ARGV[3]) > 0 then
   redis.call('PEXPIRE', KEYS[1], ARGV[3])
@@ -159,11 +168,13 @@ impl Backend {
         format!("{}\0clock", self.prefix)
     }
 
-    /// Appends with the hub's next id; an id set by the publisher is replaced.
+    /// Appends with the hub's next id, and `key`, its conflation key, if
+    /// any; an id set by the publisher is replaced.
     pub(super) async fn publish(
         &self,
         topic: &str,
         mut event: Event,
+        key: Option<Arc<str>>,
     ) -> Result<String, PublishError> {
         event.id = None;
         let stored = event.into_frame().map_err(PublishError::Invalid)?;
@@ -171,15 +182,18 @@ impl Backend {
         let max_age = self.max_age.map_or(0, |age| age.as_millis().max(1) as u64);
         // EVAL rather than EVALSHA: no script cache to miss after a Redis
         // restart, and the 600 bytes cost less than the round trip.
-        ::redis::cmd("EVAL")
-            .arg(PUBLISH)
+        let mut cmd = ::redis::cmd("EVAL");
+        cmd.arg(PUBLISH)
             .arg(2)
             .arg(self.key(topic))
             .arg(self.clock_key())
             .arg(self.trim)
             .arg(stored.as_ref())
-            .arg(max_age)
-            .query_async::<String>(&mut conn)
+            .arg(max_age);
+        if let Some(key) = &key {
+            cmd.arg(KEY_FIELD).arg(key.as_bytes());
+        }
+        cmd.query_async::<String>(&mut conn)
             .await
             .map_err(|err| PublishError::Unavailable(Box::new(err)))
             .inspect(|_| crate::telemetry::hub_published(stored.len()))
@@ -342,7 +356,7 @@ impl Backend {
             .await?;
         Ok(parse_entries(&reply)
             .first()
-            .map(|(id, _, _)| *id)
+            .map(|(id, ..)| *id)
             .unwrap_or((0, 0)))
     }
 }
@@ -428,8 +442,9 @@ fn pairs(value: &Value) -> Vec<(Value, Value)> {
     }
 }
 
-/// Stream entries (`[[id, [field, value, ...]], ...]`) with their `sse` field.
-fn parse_entries(value: &Value) -> Vec<(StreamId, String, Bytes)> {
+/// Stream entries (`[[id, [field, value, ...]], ...]`) with their `sse`
+/// field and their `key` field if they have one.
+fn parse_entries(value: &Value) -> Vec<Stored> {
     let Value::Array(entries) = value else {
         return Vec::new();
     };
@@ -441,14 +456,60 @@ fn parse_entries(value: &Value) -> Vec<(StreamId, String, Bytes)> {
             };
             let id = text(parts.first()?)?;
             let stream_id = parse_id(&id)?;
-            let stored = pairs(parts.get(1)?)
-                .into_iter()
-                .find(|(field, _)| text(field).as_deref() == Some("sse"))
-                .and_then(|(_, value)| match value {
-                    Value::BulkString(bytes) => Some(Bytes::from(bytes)),
-                    _ => None,
-                })?;
-            Some((stream_id, id, stored))
+            let mut stored = None;
+            let mut key = None;
+            for (field, value) in pairs(parts.get(1)?) {
+                match text(&field).as_deref() {
+                    Some("sse") => {
+                        if let Value::BulkString(bytes) = value {
+                            stored = Some(Bytes::from(bytes));
+                        }
+                    }
+                    Some(KEY_FIELD) => key = text(&value).map(Arc::from),
+                    _ => {}
+                }
+            }
+            Some((stream_id, id, stored?, key))
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bulk(text: &str) -> Value {
+        Value::BulkString(text.as_bytes().to_vec())
+    }
+
+    #[test]
+    fn entries_carry_their_conflation_key_when_stored_with_one() {
+        let reply = Value::Array(vec![
+            Value::Array(vec![
+                bulk("5-0"),
+                Value::Array(vec![
+                    bulk("sse"),
+                    bulk("data: a\n\n"),
+                    bulk("key"),
+                    bulk("AAPL"),
+                ]),
+            ]),
+            Value::Array(vec![
+                bulk("6-1"),
+                Value::Array(vec![bulk("sse"), bulk("data: b\n\n")]),
+            ]),
+            // No stored event: skipped.
+            Value::Array(vec![
+                bulk("7-0"),
+                Value::Array(vec![bulk("key"), bulk("X")]),
+            ]),
+        ]);
+        let entries = parse_entries(&reply);
+        assert_eq!(entries.len(), 2);
+        assert_eq!(entries[0].0, (5, 0));
+        assert_eq!(entries[0].2, Bytes::from_static(b"data: a\n\n"));
+        assert_eq!(entries[0].3.as_deref(), Some("AAPL"));
+        assert_eq!(entries[1].0, (6, 1));
+        assert_eq!(entries[1].3, None);
+    }
 }

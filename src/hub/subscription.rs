@@ -80,6 +80,33 @@ struct Lane {
     cursor: u64,
     /// The topic's wake-up epoch this stream registered in.
     epoch: Option<u64>,
+    /// Under `LagPolicy::Conflate`: how many events without a key the topic
+    /// had before `cursor` (to count those a lag loses).
+    keyless: u64,
+    /// Under `LagPolicy::Conflate`: the newest events of the keys this
+    /// stream missed, in the ring's order, sent before the ring's entries.
+    catch_up: VecDeque<CatchUp>,
+}
+
+/// The newest event of a key a lagging stream missed, waiting to be sent.
+struct CatchUp {
+    /// Its conflation key.
+    name: Arc<str>,
+    /// Its index in the ring (no longer there).
+    index: u64,
+    key: Key,
+    bytes: Bytes,
+    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
+    at: Instant,
+}
+
+/// Where an event a stream read comes from.
+#[derive(Clone, Copy)]
+enum Source {
+    /// The front of its lane's catch-up.
+    CatchUp,
+    /// The ring, at `index`, with `keyless` events without a key up to it.
+    Ring { index: u64, keyless: u64 },
 }
 
 impl Subscription {
@@ -94,6 +121,8 @@ impl Subscription {
                 topic,
                 cursor: 0,
                 epoch: None,
+                keyless: 0,
+                catch_up: VecDeque::new(),
             })
             .collect();
         let mut subscription = Self {
@@ -204,7 +233,11 @@ impl Subscription {
             return;
         }
         for lane in &mut self.lanes {
-            lane.cursor = lane.topic.read().index_after(begun.after);
+            let ring = lane.topic.read();
+            lane.cursor = ring.index_after(begun.after);
+            lane.keyless = ring.keyless_before(lane.cursor);
+            drop(ring);
+            lane.catch_up.clear();
         }
         self.first.extend(begun.first);
     }
@@ -348,32 +381,85 @@ impl Subscription {
     fn read(&mut self, limit: usize, mut size: usize, out: &mut Vec<Bytes>) -> Result<(), Lagged> {
         let inner = &self.hub.inner;
         let bound = self.bound();
+        let high_water = self.high_water;
         // What each ring has for this stream, read one ring at a time (a
-        // stream never holds two rings' locks): (key, lane, index, bytes).
-        let mut found: Vec<(Key, usize, u64, Bytes)> = Vec::new();
+        // stream never holds two rings' locks): (key, lane, source, bytes).
+        let mut found: Vec<(Key, usize, Source, Bytes)> = Vec::new();
         // When each event found was published, for the delivery histogram.
         #[cfg(feature = "metrics")]
         let mut published = Vec::new();
+        // Missed and announced: every event missed, or under
+        // `LagPolicy::Conflate` those without a key.
         let mut missed = 0;
+        // Under `LagPolicy::Conflate`: missed, replaced by a newer event of
+        // their key; counted, not announced.
+        let mut replaced = 0;
         for (i, lane) in self.lanes.iter_mut().enumerate() {
             let ring = lane.topic.read();
-            if lane.cursor < ring.first_index {
+            if let Some(conflation) = &ring.conflation {
+                if lane.cursor < ring.first_index {
+                    // The newest event of each key whose newest event is in
+                    // the gap, in order; the other keyed events of the gap
+                    // are replaced; those without a key are lost.
+                    let gap = ring.first_index - lane.cursor;
+                    let lost = conflation.keyless_evicted.saturating_sub(lane.keyless);
+                    let newest = conflation.in_gap(lane.cursor..ring.first_index);
+                    replaced += gap.saturating_sub(lost + newest.len() as u64);
+                    missed += lost;
+                    lane.catch_up
+                        .extend(newest.into_iter().map(|(name, latest)| CatchUp {
+                            name,
+                            index: latest.index,
+                            key: latest.key,
+                            bytes: latest.bytes.clone(),
+                            at: latest.at,
+                        }));
+                    lane.cursor = ring.first_index;
+                    lane.keyless = conflation.keyless_evicted;
+                }
+                if !lane.catch_up.is_empty() {
+                    // A newer event of the key came since (from a later gap,
+                    // or in the ring ahead of the cursor): it replaces this one.
+                    // (One a replay from Redis delivered is not missed.)
+                    lane.catch_up.retain(|c| c.key > high_water);
+                    let before = lane.catch_up.len();
+                    lane.catch_up
+                        .retain(|c| conflation.is_latest(&c.name, c.index));
+                    replaced += (before - lane.catch_up.len()) as u64;
+                }
+            } else if lane.cursor < ring.first_index {
                 missed += ring.first_index - lane.cursor;
                 lane.cursor = ring.first_index;
             }
-            let mut index = lane.cursor;
             let mut taken = 0;
             let mut bytes = 0;
+            // The lane's catch-up first: it is older than the ring.
+            for c in &lane.catch_up {
+                if taken >= limit || bytes >= MAX_FRAME || c.key > bound {
+                    break;
+                }
+                found.push((c.key, i, Source::CatchUp, c.bytes.clone()));
+                #[cfg(feature = "metrics")]
+                published.push(c.at);
+                taken += 1;
+                bytes += c.bytes.len();
+            }
+            let mut index = lane.cursor;
             while taken < limit && bytes < MAX_FRAME {
                 let Some(entry) = ring.get(index) else { break };
                 if entry.key > bound {
                     break;
                 }
-                if entry.key <= self.high_water {
+                if entry.key <= high_water {
                     // Delivered already (a replay from Redis reached it).
                     lane.cursor = index + 1;
+                    lane.keyless = entry.keyless;
                 } else {
-                    found.push((entry.key, i, index, entry.bytes.clone()));
+                    let source = Source::Ring {
+                        index,
+                        keyless: entry.keyless,
+                    };
+                    found.push((entry.key, i, source, entry.bytes.clone()));
                     #[cfg(feature = "metrics")]
                     published.push(entry.at);
                     taken += 1;
@@ -389,18 +475,20 @@ impl Subscription {
                 self.delivery.seconds(now.saturating_duration_since(at));
             }
         }
-        if missed > 0 {
-            inner.lagged.fetch_add(missed, Ordering::Relaxed);
-            telemetry::hub_lagged(missed);
-            tracing::debug!(missed, "subscriber lagged");
+        if missed + replaced > 0 {
+            inner.lagged.fetch_add(missed + replaced, Ordering::Relaxed);
+            telemetry::hub_lagged(missed + replaced);
+            tracing::debug!(missed, replaced, "subscriber lagged");
+        }
+        if missed > 0 && inner.lag != LagPolicy::Conflate {
             if inner.lag == LagPolicy::Close {
                 return Err(Lagged);
             }
             if self.snapshot() {
                 return Ok(());
             }
-            self.missed += missed;
         }
+        self.missed += missed;
         if self.missed > 0 {
             let notice = Event::new(self.missed.to_string()).name(LAGGED_EVENT);
             if let Ok(bytes) = notice.encode() {
@@ -412,13 +500,22 @@ impl Subscription {
         if self.lanes.len() > 1 {
             found.sort_unstable_by_key(|(key, ..)| *key);
         }
-        for (key, lane, index, bytes) in found {
+        for (key, lane, source, bytes) in found {
             if out.len() >= limit || (size > 0 && size + bytes.len() > MAX_FRAME) {
                 break;
             }
             size += bytes.len();
             out.push(bytes);
-            self.lanes[lane].cursor = index + 1;
+            let lane = &mut self.lanes[lane];
+            match source {
+                Source::CatchUp => {
+                    lane.catch_up.pop_front();
+                }
+                Source::Ring { index, keyless } => {
+                    lane.cursor = index + 1;
+                    lane.keyless = keyless;
+                }
+            }
             self.high_water = key;
         }
         Ok(())

@@ -2,7 +2,8 @@
 //! for its next event.
 
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::{BTreeMap, HashMap, VecDeque},
+    ops::Range,
     sync::{
         Arc, Mutex, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard,
         atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
@@ -25,6 +26,61 @@ pub(crate) struct Entry {
     pub(crate) id: Arc<str>,
     pub(crate) bytes: Bytes,
     pub(crate) at: Instant,
+    /// Under [`LagPolicy::Conflate`](super::LagPolicy::Conflate): how many
+    /// events of the topic without a key were pushed up to and including
+    /// this one (0 otherwise). Set by [`Ring::push`].
+    pub(crate) keyless: u64,
+}
+
+/// The newest event of one key in a conflating topic, kept after it leaves
+/// the ring.
+pub(crate) struct Latest {
+    /// Its index in the ring (it is gone once below `first_index`).
+    pub(crate) index: u64,
+    pub(crate) key: Key,
+    pub(crate) bytes: Bytes,
+    pub(crate) at: Instant,
+}
+
+/// A conflating topic's memory of its keys (`LagPolicy::Conflate`).
+#[derive(Default)]
+pub(crate) struct Conflation {
+    /// The newest event of each key ever pushed, kept for as long as the
+    /// topic lives: one entry per distinct key.
+    pub(crate) latest: HashMap<Arc<str>, Latest>,
+    /// The keys of `latest` by the index of their newest event, so that a
+    /// gap's keys are found without going through every key.
+    by_index: BTreeMap<u64, Arc<str>>,
+    /// How many events without a key were pushed.
+    pub(crate) keyless: u64,
+    /// How many of them were before `first_index` (evicted).
+    pub(crate) keyless_evicted: u64,
+}
+
+impl Conflation {
+    /// Whether the event at `index` is still the newest of `key`.
+    pub(crate) fn is_latest(&self, key: &str, index: u64) -> bool {
+        self.latest.get(key).is_some_and(|l| l.index == index)
+    }
+
+    /// The newest events of keys whose newest event is in `gap`, in index
+    /// order, with their keys.
+    pub(crate) fn in_gap(&self, gap: Range<u64>) -> Vec<(Arc<str>, &Latest)> {
+        self.by_index
+            .range(gap)
+            .filter_map(|(_, key)| Some((key.clone(), self.latest.get(key)?)))
+            .collect()
+    }
+
+    /// The event at `index` is now the newest of `key`.
+    fn pushed(&mut self, key: Arc<str>, latest: Latest) {
+        let index = latest.index;
+        // What is replaced holds only bytes the hub encoded.
+        if let Some(replaced) = self.latest.insert(key.clone(), latest) {
+            self.by_index.remove(&replaced.index);
+        }
+        self.by_index.insert(index, key);
+    }
 }
 
 /// A topic's events: the newest `window` of them, or fewer.
@@ -45,16 +101,34 @@ pub(crate) struct Ring {
     /// then the ring takes nothing, and no stream resumes from it).
     #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) followed: bool,
+    /// Under `LagPolicy::Conflate`, the newest event of each key.
+    pub(crate) conflation: Option<Box<Conflation>>,
 }
 
 impl Ring {
-    fn new(followed: bool) -> Self {
+    fn new(followed: bool, conflating: bool) -> Self {
         Self {
             entries: VecDeque::new(),
             first_index: 0,
             complete: (0, 0),
             floor: None,
             followed,
+            conflation: conflating.then(Box::default),
+        }
+    }
+
+    /// Under `LagPolicy::Conflate`: how many events without a key came
+    /// before index `index` (at least `first_index`, at most the end).
+    pub(crate) fn keyless_before(&self, index: u64) -> u64 {
+        let Some(conflation) = &self.conflation else {
+            return 0;
+        };
+        match index.checked_sub(self.first_index + 1) {
+            Some(before) => usize::try_from(before)
+                .ok()
+                .and_then(|before| self.entries.get(before))
+                .map_or(conflation.keyless, |e| e.keyless),
+            None => conflation.keyless_evicted,
         }
     }
 
@@ -79,7 +153,25 @@ impl Ring {
         self.first_index + self.entries.partition_point(|e| e.key <= key) as u64
     }
 
-    pub(crate) fn push(&mut self, entry: Entry) {
+    /// Appends `entry`; under `LagPolicy::Conflate`, as the newest event
+    /// of `key` (`None`: an event that cannot be conflated).
+    pub(crate) fn push(&mut self, mut entry: Entry, key: Option<Arc<str>>) {
+        if let Some(conflation) = &mut self.conflation {
+            let index = self.first_index + self.entries.len() as u64;
+            match key {
+                Some(key) => {
+                    let latest = Latest {
+                        index,
+                        key: entry.key,
+                        bytes: entry.bytes.clone(),
+                        at: entry.at,
+                    };
+                    conflation.pushed(key, latest);
+                }
+                None => conflation.keyless += 1,
+            }
+            entry.keyless = conflation.keyless;
+        }
         self.entries.push_back(entry);
     }
 
@@ -92,6 +184,9 @@ impl Ring {
                 break;
             }
             self.floor = Some(oldest.key);
+            if let Some(conflation) = &mut self.conflation {
+                conflation.keyless_evicted = oldest.keyless;
+            }
             self.entries.pop_front();
             self.first_index += 1;
         }
@@ -125,9 +220,10 @@ pub(crate) struct Topic {
 impl Topic {
     /// A topic; `followed`: its ring takes events now (always, in memory;
     /// on Redis once the reader follows it).
-    pub(crate) fn new(followed: bool) -> Self {
+    /// `conflating`: it keeps the newest event of each key (`LagPolicy::Conflate`).
+    pub(crate) fn new(followed: bool, conflating: bool) -> Self {
         Self {
-            ring: RwLock::new(Ring::new(followed)),
+            ring: RwLock::new(Ring::new(followed, conflating)),
             wakers: Mutex::new(HashMap::new()),
             epoch: AtomicU64::new(0),
             subscribers: AtomicUsize::new(0),
@@ -192,5 +288,75 @@ impl Topic {
         for (_, waker) in taken {
             waker.wake();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(seq: u64) -> Entry {
+        Entry {
+            key: (seq, 0),
+            id: seq.to_string().into(),
+            bytes: Bytes::from(format!("data: {seq}\n\n")),
+            at: Instant::now(),
+            keyless: 0,
+        }
+    }
+
+    /// Pushes events 1..=keys.len() with those keys, keeping `window`.
+    fn ring(keys: &[Option<&str>], window: usize) -> Ring {
+        let mut ring = Ring::new(true, true);
+        for (i, key) in keys.iter().enumerate() {
+            ring.push(entry(i as u64 + 1), key.map(Arc::from));
+            ring.evict(window, None, Instant::now());
+        }
+        ring
+    }
+
+    #[test]
+    fn the_newest_event_of_each_key_outlives_the_ring_and_is_found_by_index() {
+        let keys = [
+            Some("a"),
+            Some("b"),
+            None,
+            Some("a"),
+            Some("c"),
+            None,
+            Some("d"),
+        ];
+        let ring = ring(&keys, 2);
+        assert_eq!(ring.first_index, 5);
+        let conflation = ring.conflation.as_deref().unwrap();
+        // a's newest is index 3, b's 1, c's 4 (gone from the ring), d's 6 (in it).
+        let gap: Vec<(String, u64)> = conflation
+            .in_gap(0..ring.first_index)
+            .iter()
+            .map(|(key, latest)| (key.to_string(), latest.index))
+            .collect();
+        assert_eq!(gap, [("b".into(), 1), ("a".into(), 3), ("c".into(), 4)]);
+        assert_eq!(conflation.latest.len(), 4);
+        assert_eq!(conflation.by_index.len(), 4, "one index per key");
+        assert!(conflation.is_latest("a", 3));
+        assert!(!conflation.is_latest("a", 0));
+        assert_eq!(conflation.in_gap(2..4).len(), 1);
+    }
+
+    #[test]
+    fn keyless_events_are_counted_before_every_index() {
+        let keys = [Some("a"), None, None, Some("b"), None, Some("c")];
+        let ring = ring(&keys, 3);
+        // Evicted: indexes 0..3, with two events without a key.
+        assert_eq!(ring.first_index, 3);
+        assert_eq!(ring.keyless_before(3), 2);
+        assert_eq!(ring.keyless_before(4), 2);
+        assert_eq!(ring.keyless_before(5), 3);
+        assert_eq!(ring.keyless_before(6), 3, "the end of the ring");
+        // A ring that does not conflate counts nothing.
+        let mut plain = Ring::new(true, false);
+        plain.push(entry(1), None);
+        assert_eq!(plain.keyless_before(1), 0);
+        assert!(plain.conflation.is_none());
     }
 }

@@ -53,7 +53,7 @@ impl Topics {
                 return Err(TooManyTopics(max));
             }
         }
-        let topic = Arc::new(Topic::new(!inner.is_redis()));
+        let topic = Arc::new(Topic::new(!inner.is_redis(), inner.conflate.is_some()));
         topic.write().floor = self.removed_floor;
         self.map.insert(name.into(), topic.clone());
         Ok(topic)

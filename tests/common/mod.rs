@@ -5,7 +5,10 @@
 
 use std::{net::SocketAddr, time::Duration};
 
+mod conflate;
 mod hub;
+#[allow(unused_imports)]
+pub use self::conflate::*;
 #[allow(unused_imports)]
 pub use self::hub::*;
 

@@ -8,12 +8,11 @@ use std::{
 };
 
 use ::redis::{RedisError, Value, aio::ConnectionManager};
-use bytes::Bytes;
 use tokio::{sync::Notify, time::Instant};
 
 use super::{
-    MAX_BACKOFF, PAGE, READ_BLOCK, StreamId, format_id, pairs, parse_entries, parse_id, stream_key,
-    text, topic_of, with_id,
+    MAX_BACKOFF, PAGE, READ_BLOCK, Stored, StreamId, format_id, pairs, parse_entries, parse_id,
+    stream_key, text, topic_of, with_id,
 };
 use crate::hub::{Entry, Inner, topic::Topic};
 
@@ -50,7 +49,7 @@ pub(super) async fn read_loop(
             let after: Vec<(String, StreamId)> = topics
                 .iter()
                 .map(|(name, id)| {
-                    let last = first.get(name).and_then(|e| e.last()).map(|(id, _, _)| *id);
+                    let last = first.get(name).and_then(|e| e.last()).map(|(id, ..)| *id);
                     (name.clone(), last.unwrap_or(*id).max(*id))
                 })
                 .collect();
@@ -97,7 +96,7 @@ pub(super) async fn read_loop(
 /// What one round of the reader got for a topic.
 struct Read {
     name: String,
-    entries: Vec<(StreamId, String, Bytes)>,
+    entries: Vec<Stored>,
     /// The snapshot read stopped at a page: later entries come next round.
     cut_short: bool,
 }
@@ -109,7 +108,7 @@ async fn xread(
     prefix: &str,
     topics: &[(String, StreamId)],
     block: Option<Duration>,
-) -> Result<HashMap<String, Vec<(StreamId, String, Bytes)>>, RedisError> {
+) -> Result<HashMap<String, Vec<Stored>>, RedisError> {
     let mut cmd = ::redis::cmd("XREAD");
     cmd.arg("COUNT").arg(PAGE);
     if let Some(block) = block {
@@ -148,7 +147,7 @@ fn deliver(
 ) {
     let Some(newest) = read
         .iter()
-        .filter_map(|r| r.entries.last().map(|(id, _, _)| *id))
+        .filter_map(|r| r.entries.last().map(|(id, ..)| *id))
         .chain(clock)
         .max()
     else {
@@ -164,7 +163,7 @@ fn deliver(
     let mut woken = Vec::new();
     let mut read_to = Vec::new();
     for (read, topic) in read.into_iter().zip(found) {
-        let last = read.entries.last().map(|(id, _, _)| *id);
+        let last = read.entries.last().map(|(id, ..)| *id);
         let complete = match last {
             Some(last) if read.cut_short => last,
             _ => newest,
@@ -178,18 +177,20 @@ fn deliver(
             continue;
         }
         let mut added = false;
-        for (stream_id, id, stored) in read.entries {
+        for (stream_id, id, stored, key) in read.entries {
             // Never twice, never behind: a ring followed again, or a read
             // older than the ring's start, brings entries it has.
             if stream_id <= ring.last_key() {
                 continue;
             }
-            ring.push(Entry {
+            let entry = Entry {
                 key: stream_id,
                 bytes: with_id(&id, &stored),
                 id: id.into(),
                 at: now,
-            });
+                keyless: 0,
+            };
+            ring.push(entry, key);
             added = true;
         }
         let advanced = complete > ring.complete;

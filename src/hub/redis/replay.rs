@@ -6,11 +6,11 @@
 use std::{sync::Arc, time::Duration};
 
 use ::redis::{RedisError, Value, aio::ConnectionManager};
-use bytes::Bytes;
 use futures::future::BoxFuture;
 
 use super::{
-    Backend, MAX_BACKOFF, PAGE, StreamId, format_id, pairs, parse_entries, parse_id, text, with_id,
+    Backend, MAX_BACKOFF, PAGE, Stored, StreamId, format_id, pairs, parse_entries, parse_id, text,
+    with_id,
 };
 use crate::hub::{Hub, Resume, subscription::Begun, topic::Topic};
 
@@ -58,7 +58,7 @@ impl Backend {
                 Ok(Some((entries, through, complete))) => {
                     let first = entries
                         .into_iter()
-                        .map(|(_, id, stored)| with_id(&id, &stored))
+                        .map(|(_, id, stored, _)| with_id(&id, &stored))
                         .collect();
                     let joins = topics
                         .iter()
@@ -82,7 +82,7 @@ impl Backend {
         &self,
         names: &[Arc<str>],
         after: StreamId,
-    ) -> Result<Option<(Vec<(StreamId, String, Bytes)>, StreamId, bool)>, RedisError> {
+    ) -> Result<Option<(Vec<Stored>, StreamId, bool)>, RedisError> {
         let mut conn = self.conn.clone();
         // Every entry up to the clock, read first, is in Redis before the
         // reads below: whatever they return up to it is complete. (Without
@@ -109,17 +109,17 @@ impl Backend {
             let entries = parse_entries(&reply);
             if entries.len() == PAGE {
                 // A full page: later entries of this topic come in the next round.
-                if let Some((last, _, _)) = entries.last() {
+                if let Some((last, ..)) = entries.last() {
                     cut = Some(cut.map_or(*last, |cut| cut.min(*last)));
                 }
                 complete = false;
             }
             merged.extend(entries);
         }
-        let newest = merged.iter().map(|(id, _, _)| *id).max().unwrap_or(after);
+        let newest = merged.iter().map(|(id, ..)| *id).max().unwrap_or(after);
         let through = cut.or(clock).unwrap_or(newest).max(after);
-        merged.sort_by_key(|(id, _, _)| *id);
-        merged.retain(|(id, _, _)| *id <= through);
+        merged.sort_by_key(|(id, ..)| *id);
+        merged.retain(|(id, ..)| *id <= through);
         Ok(Some((merged, through, complete)))
     }
 }

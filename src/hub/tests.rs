@@ -1,0 +1,283 @@
+//! The conflating lag policy, read straight from a subscription (no
+//! server): what a lagging stream gets, in which order, and what is counted.
+
+use std::{
+    panic::{AssertUnwindSafe, catch_unwind},
+    task::{Context, Poll},
+};
+
+use bytes::Bytes;
+use futures::{executor::block_on, task::noop_waker_ref};
+
+use super::{Hub, LAGGED_EVENT, LagPolicy, Resume, Subscription};
+use crate::Event;
+
+/// One event as read from its frame: (name, id, data); name `""` for none.
+fn parse(frame: &Bytes) -> (String, String, String) {
+    let text = std::str::from_utf8(frame).expect("frames are UTF-8 here");
+    let (mut name, mut id, mut data) = (String::new(), String::new(), String::new());
+    for line in text.split('\n').map(|l| l.trim_end_matches('\r')) {
+        if let Some(v) = line.strip_prefix("event: ") {
+            name = v.to_owned();
+        } else if let Some(v) = line.strip_prefix("id: ") {
+            id = v.to_owned();
+        } else if let Some(v) = line.strip_prefix("data: ") {
+            data = v.to_owned();
+        }
+    }
+    (name, id, data)
+}
+
+/// Everything the subscription has now, `limit` events per read.
+fn read_all(subscription: &mut Subscription, limit: usize) -> Vec<(String, String, String)> {
+    let mut cx = Context::from_waker(noop_waker_ref());
+    let mut got = Vec::new();
+    loop {
+        let mut out = Vec::new();
+        match subscription.poll_read(&mut cx, limit, &mut out) {
+            Poll::Ready(Ok(())) => got.extend(out.iter().map(parse)),
+            Poll::Ready(Err(_)) => panic!("the stream was closed"),
+            Poll::Pending => return got,
+        }
+    }
+}
+
+/// Reads once, at most `limit` events.
+fn read_once(subscription: &mut Subscription, limit: usize) -> Vec<(String, String, String)> {
+    let mut cx = Context::from_waker(noop_waker_ref());
+    let mut out = Vec::new();
+    match subscription.poll_read(&mut cx, limit, &mut out) {
+        Poll::Ready(Err(_)) => panic!("the stream was closed"),
+        _ => out.iter().map(parse).collect(),
+    }
+}
+
+fn publish(hub: &Hub, topic: &str, name: Option<&str>, data: &str) -> String {
+    let mut event = Event::new(data.to_owned());
+    if let Some(name) = name {
+        event = event.name(name);
+    }
+    block_on(hub.publish(topic, event)).expect("published")
+}
+
+/// The events of a sequence, as `name=data` (`-=data` without a name) or
+/// `L<n>` for a lag notice.
+fn summary(got: &[(String, String, String)]) -> Vec<String> {
+    got.iter()
+        .map(|(name, _, data)| match name.as_str() {
+            LAGGED_EVENT => format!("L{data}"),
+            "" => format!("-={data}"),
+            name => format!("{name}={data}"),
+        })
+        .collect()
+}
+
+/// The sequence of the module docs' example: of ten events, the ring (4)
+/// holds the last four; the gap has `c`'s newest event, two events with no
+/// key, and three replaced (`a1`, `b1`, `a2`).
+fn publish_ten(hub: &Hub) {
+    for (name, data) in [
+        (Some("a"), "a1"),
+        (Some("b"), "b1"),
+        (None, "x1"),
+        (Some("a"), "a2"),
+        (Some("c"), "c1"),
+        (None, "x2"),
+        (Some("b"), "b2"),
+        (Some("d"), "d1"),
+        (Some("e"), "e1"),
+        (Some("a"), "a3"),
+    ] {
+        publish(hub, "t", name, data);
+    }
+}
+
+#[test]
+fn a_lagging_stream_gets_the_newest_event_of_each_key_of_the_gap_then_the_ring() {
+    let hub = Hub::builder()
+        .history(4)
+        .lag_policy(LagPolicy::Conflate)
+        .build();
+    let mut subscription = Subscription::new(&hub, &["t"], Resume::Live).unwrap();
+    publish_ten(&hub);
+    let got = read_all(&mut subscription, 100);
+    assert_eq!(
+        summary(&got),
+        ["L2", "c=c1", "b=b2", "d=d1", "e=e1", "a=a3"],
+        "{got:?}"
+    );
+    let ids: Vec<&str> = got[1..].iter().map(|(_, id, _)| id.as_str()).collect();
+    assert_eq!(ids, ["5", "7", "8", "9", "10"]);
+    // Two lost without a key, three replaced: every event is delivered or counted.
+    assert_eq!(hub.lagged_events(), 5);
+}
+
+#[test]
+fn under_notify_the_same_stream_gets_a_notice_for_the_whole_gap() {
+    // The contrast: the conflating test above fails with this policy.
+    let hub = Hub::builder().history(4).build();
+    let mut subscription = Subscription::new(&hub, &["t"], Resume::Live).unwrap();
+    publish_ten(&hub);
+    let got = read_all(&mut subscription, 100);
+    assert_eq!(summary(&got), ["L6", "b=b2", "d=d1", "e=e1", "a=a3"]);
+}
+
+#[test]
+fn conflate_by_keys_with_the_given_function() {
+    let hub = Hub::builder()
+        .history(2)
+        .conflate_by(|event: &Event| event.data_ref()?.split_once(':').map(|(k, _)| k.into()))
+        .build();
+    let mut subscription = Subscription::new(&hub, &["t"], Resume::Live).unwrap();
+    for data in ["a:1", "b:1", "a:2", "none", "b:2", "c:1", "c:2"] {
+        publish(&hub, "t", Some("price"), data);
+    }
+    // The ring holds c:1 and c:2; the gap's newest are a:2 and b:2; c:1 is
+    // in the ring, sent as it is (the ring delivers what it holds).
+    let got = read_all(&mut subscription, 100);
+    assert_eq!(
+        summary(&got),
+        ["L1", "price=a:2", "price=b:2", "price=c:1", "price=c:2"]
+    );
+    // a:1 and b:1 replaced, "none" lost.
+    assert_eq!(hub.lagged_events(), 3);
+}
+
+#[test]
+fn a_catch_up_longer_than_a_read_goes_on_in_the_next_reads() {
+    let hub = Hub::builder()
+        .history(2)
+        .lag_policy(LagPolicy::Conflate)
+        .build();
+    let mut subscription = Subscription::new(&hub, &["t"], Resume::Live).unwrap();
+    for key in ["a", "b", "c", "d", "e", "f", "g"] {
+        publish(&hub, "t", Some(key), key);
+    }
+    // Gap: a..e (five keys, each once); ring: f, g. Two per read.
+    let first = read_once(&mut subscription, 2);
+    assert_eq!(summary(&first), ["a=a", "b=b"]);
+    let second = read_once(&mut subscription, 2);
+    assert_eq!(summary(&second), ["c=c", "d=d"]);
+    let rest = read_all(&mut subscription, 2);
+    assert_eq!(summary(&rest), ["e=e", "f=f", "g=g"]);
+    assert_eq!(hub.lagged_events(), 0, "nothing was replaced or lost");
+}
+
+#[test]
+fn a_key_published_again_during_a_catch_up_replaces_its_waiting_value() {
+    let hub = Hub::builder()
+        .history(2)
+        .lag_policy(LagPolicy::Conflate)
+        .build();
+    let mut subscription = Subscription::new(&hub, &["t"], Resume::Live).unwrap();
+    for key in ["a", "b", "c", "d", "e"] {
+        publish(&hub, "t", Some(key), &format!("{key}1"));
+    }
+    // Gap: a1 b1 c1; ring: d1 e1. One read of one event: a1.
+    assert_eq!(summary(&read_once(&mut subscription, 1)), ["a=a1"]);
+    // b and c again, and enough to push them out of the ring too: the
+    // waiting b1 and c1 are replaced by b2 and c2 (no key twice from a gap).
+    for data in ["b2", "c2", "f1", "g1"] {
+        publish(&hub, "t", Some(&data[..1]), data);
+    }
+    let got = read_all(&mut subscription, 100);
+    assert_eq!(
+        summary(&got),
+        ["d=d1", "e=e1", "b=b2", "c=c2", "f=f1", "g=g1"]
+    );
+    // b1 and c1 replaced.
+    assert_eq!(hub.lagged_events(), 2);
+}
+
+#[test]
+fn two_topics_that_both_lag_keep_the_hub_order() {
+    let hub = Hub::builder()
+        .history(2)
+        .lag_policy(LagPolicy::Conflate)
+        .build();
+    let mut subscription = Subscription::new(&hub, &["t", "u"], Resume::Live).unwrap();
+    let mut order = Vec::new();
+    for i in 0..6 {
+        for (topic, key) in [("t", "x"), ("u", "y"), ("t", &*format!("k{i}")), ("u", "z")] {
+            order.push(publish(&hub, topic, Some(key), &format!("{topic}{key}{i}")));
+        }
+    }
+    let got = read_all(&mut subscription, 100);
+    let ids: Vec<u64> = got.iter().map(|(_, id, _)| id.parse().unwrap()).collect();
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "out of order: {got:?}");
+    // The newest value of every key of both topics, once each.
+    let mut keys: Vec<&str> = got.iter().map(|(name, ..)| name.as_str()).collect();
+    let last = |key: &str| got.iter().rev().find(|(n, ..)| n == key).unwrap().2.clone();
+    assert_eq!(last("x"), "tx5");
+    assert_eq!(last("y"), "uy5");
+    assert_eq!(last("z"), "uz5");
+    keys.sort_unstable();
+    let count = keys.len();
+    keys.dedup();
+    assert_eq!(keys.len(), count, "a key twice: {got:?}");
+    // x, y, z and k0..k5.
+    assert_eq!(count, 9);
+    assert_eq!(hub.lagged_events(), 24 - 9);
+}
+
+#[test]
+fn a_panicking_key_function_reaches_the_publisher_and_leaves_the_hub_working() {
+    let hub = Hub::builder()
+        .history(2)
+        .conflate_by(|event: &Event| {
+            assert_ne!(event.data_ref(), Some("boom"), "the key function panics");
+            event.name_ref().map(str::to_owned)
+        })
+        .build();
+    let mut subscription = Subscription::new(&hub, &["t"], Resume::Live).unwrap();
+    let panicked = catch_unwind(AssertUnwindSafe(|| publish(&hub, "t", Some("a"), "boom")));
+    assert!(panicked.is_err());
+    for data in ["a1", "b1", "a2", "c1", "d1"] {
+        publish(&hub, "t", Some(&data[..1]), data);
+    }
+    let got = read_all(&mut subscription, 100);
+    assert_eq!(summary(&got), ["b=b1", "a=a2", "c=c1", "d=d1"]);
+    let ids: Vec<&str> = got.iter().map(|(_, id, _)| id.as_str()).collect();
+    assert_eq!(ids, ["2", "3", "4", "5"], "the panicking event took no id");
+}
+
+#[test]
+fn the_key_sees_the_event_as_published_without_the_hubs_id() {
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let hub = Hub::builder()
+        .conflate_by({
+            let seen = seen.clone();
+            move |event: &Event| {
+                seen.lock().unwrap().push(event.id_ref().map(str::to_owned));
+                None
+            }
+        })
+        .build();
+    publish(&hub, "t", None, "one");
+    block_on(hub.publish("t", Event::new("two").id("mine"))).unwrap();
+    assert_eq!(*seen.lock().unwrap(), [None, Some("mine".to_owned())]);
+}
+
+#[test]
+fn a_snapshot_function_is_not_called_on_lag_under_conflate() {
+    let called = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let hub = Hub::builder()
+        .history(4)
+        .lag_policy(LagPolicy::Conflate)
+        .snapshot({
+            let called = called.clone();
+            move |_topic| {
+                called.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                async { Event::new("snapshot").name("snapshot") }
+            }
+        })
+        .build();
+    let mut subscription = Subscription::new(&hub, &["t"], Resume::Live).unwrap();
+    publish_ten(&hub);
+    let got = read_all(&mut subscription, 100);
+    assert_eq!(
+        summary(&got),
+        ["L2", "c=c1", "b=b2", "d=d1", "e=e1", "a=a3"]
+    );
+    assert_eq!(called.load(std::sync::atomic::Ordering::Relaxed), 0);
+}
