@@ -68,7 +68,8 @@ pub(crate) struct Resolved {
 }
 
 impl Buffer {
-    /// Holds `capacity` events; senders wait for room (`send`) or get `Full` (`try_send`).
+    /// Holds `capacity` events (at least 1, at most `u32::MAX`); senders
+    /// wait for room (`send`) or get `Full` (`try_send`).
     pub fn fixed(capacity: usize) -> Self {
         Self {
             kind: Kind::Fixed(capacity),

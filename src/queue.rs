@@ -266,7 +266,8 @@ impl Queue {
     }
 
     /// A queue with one sender registered. A fixed buffer may be as large as
-    /// memory allows: its room is a count, not a semaphore's permits.
+    /// memory allows (up to `u32::MAX` events): its room is a count, not a
+    /// semaphore's permits.
     pub(crate) fn new(policy: Policy, capacity: usize) -> Self {
         Self {
             state: Mutex::new(State {
