@@ -281,3 +281,127 @@ fn a_snapshot_function_is_not_called_on_lag_under_conflate() {
     );
     assert_eq!(called.load(std::sync::atomic::Ordering::Relaxed), 0);
 }
+
+/// Review: random interleavings of publishes (keys a, b, c and none, one
+/// or two topics, history 0 to 5, some with a 2 ms `max_age`) and reads of
+/// 1 to 3 events, live or resumed from an id: hub order, published =
+/// received + `lagged_events`, notices = keyless events missed, and the
+/// last event of each key received is its newest.
+#[test]
+fn review_random_interleavings_keep_every_promise() {
+    let mut seed: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut rnd = move |n: u64| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed % n
+    };
+    let mut lagged_rounds = 0;
+    for round in 0..4000 {
+        let history = [0usize, 1, 2, 3, 5][rnd(5) as usize];
+        let aged = round % 20 == 0;
+        let mut builder = Hub::builder()
+            .history(history)
+            .lag_policy(LagPolicy::Conflate);
+        if aged {
+            builder = builder.max_age(std::time::Duration::from_millis(2));
+        }
+        let hub = builder.build();
+        let topics: &[&str] = if rnd(2) == 0 { &["t"] } else { &["t", "u"] };
+        let mut published = Vec::new(); // (id, topic, name, data)
+        let pre = rnd(6);
+        for _ in 0..pre {
+            let topic = topics[rnd(topics.len() as u64) as usize];
+            let name = ["a", "b", "c", ""][rnd(4) as usize];
+            let data = format!("{topic}{}", published.len());
+            let id = publish(&hub, topic, (!name.is_empty()).then_some(name), &data);
+            published.push((
+                id.parse::<u64>().unwrap(),
+                topic.to_owned(),
+                name.to_owned(),
+                data,
+            ));
+        }
+        let resume_at = if pre > 0 && rnd(2) == 0 {
+            Some(published[rnd(pre) as usize].0)
+        } else {
+            None
+        };
+        let live_from = published.len();
+        let resume = match resume_at {
+            Some(id) => Resume::After(id.to_string().into()),
+            None => Resume::Live,
+        };
+        let mut sub = Subscription::new(&hub, topics, resume).unwrap();
+        let mut got = Vec::new();
+        let steps = 5 + rnd(40);
+        for _ in 0..steps {
+            let r = rnd(7);
+            if r > 2 {
+                let topic = topics[rnd(topics.len() as u64) as usize];
+                let name = ["a", "b", "c", ""][rnd(4) as usize];
+                let data = format!("{topic}{}", published.len());
+                let id = publish(&hub, topic, (!name.is_empty()).then_some(name), &data);
+                published.push((
+                    id.parse::<u64>().unwrap(),
+                    topic.to_owned(),
+                    name.to_owned(),
+                    data,
+                ));
+            } else if r == 0 && aged {
+                std::thread::sleep(std::time::Duration::from_millis(3));
+            } else {
+                got.extend(read_once(&mut sub, 1 + rnd(3) as usize));
+            }
+        }
+        got.extend(read_all(&mut sub, 100));
+        let reset = got.iter().any(|(n, ..)| n == crate::hub::RESET_EVENT);
+        let expected: Vec<_> = match (reset, resume_at) {
+            (false, Some(id)) => published.iter().filter(|p| p.0 > id).cloned().collect(),
+            _ => published[live_from..].to_vec(),
+        };
+        let notices: u64 = got
+            .iter()
+            .filter(|(n, ..)| n == LAGGED_EVENT)
+            .map(|(_, _, d)| d.parse::<u64>().unwrap())
+            .sum();
+        let events: Vec<_> = got
+            .iter()
+            .filter(|(n, ..)| n != LAGGED_EVENT && n != crate::hub::RESET_EVENT)
+            .collect();
+        let ids: Vec<u64> = events
+            .iter()
+            .map(|(_, id, _)| id.parse().unwrap())
+            .collect();
+        let ctx = format!(
+            "round {round} history {history} aged {aged} topics {topics:?} resume {resume_at:?} reset {reset}\nexpected {expected:?}\ngot {got:?}"
+        );
+        if hub.lagged_events() > 0 {
+            lagged_rounds += 1;
+        }
+        assert!(ids.windows(2).all(|w| w[0] < w[1]), "order: {ctx}");
+        assert_eq!(
+            expected.len() as u64,
+            events.len() as u64 + hub.lagged_events(),
+            "count: {ctx}"
+        );
+        let keyless_pub = expected.iter().filter(|p| p.2.is_empty()).count() as u64;
+        let keyless_got = events.iter().filter(|(n, ..)| n.is_empty()).count() as u64;
+        assert_eq!(keyless_pub - keyless_got, notices, "notices: {ctx}");
+        for topic in topics {
+            for key in ["a", "b", "c"] {
+                let newest = expected.iter().rev().find(|p| &p.1 == topic && p.2 == key);
+                let last = events
+                    .iter()
+                    .rev()
+                    .find(|(n, _, d)| n == key && d.starts_with(topic));
+                assert_eq!(
+                    newest.map(|p| p.3.clone()),
+                    last.map(|(_, _, d)| d.clone()),
+                    "newest of {topic}/{key}: {ctx}"
+                );
+            }
+        }
+    }
+    assert!(lagged_rounds > 500, "{lagged_rounds}");
+}
