@@ -589,3 +589,61 @@ impl Begun {
         }
     }
 }
+
+#[cfg(test)]
+mod review_tests {
+    use std::task::Context;
+
+    use futures::{executor::block_on, task::noop_waker_ref};
+
+    use super::*;
+    use crate::{Event, hub::LagPolicy};
+
+    /// Review: `LagPolicy::Conflate` promises (RELIABILITY.md, the variant's
+    /// docs) one event per distinct key per topic. A stream that read once
+    /// into a catch-up and then stopped (a stalled client) must not keep,
+    /// besides, the events the topic has let go: here every key's old event,
+    /// replaced twice since, stays pinned by the stream's catch-up until its
+    /// next read (which a stalled client never makes).
+    #[test]
+    fn a_stalled_stream_pins_no_event_its_topic_no_longer_keeps() {
+        const KEYS: usize = 50;
+        let hub = Hub::builder()
+            .history(4)
+            .lag_policy(LagPolicy::Conflate)
+            .build();
+        let mut subscription = Subscription::new(&hub, &["t"], Resume::Live).unwrap();
+        let publish_round = |round: usize| {
+            for key in 0..KEYS {
+                let event =
+                    Event::new(format!("{round} {}", "x".repeat(1000))).name(format!("k{key}"));
+                block_on(hub.publish("t", event)).unwrap();
+            }
+        };
+        publish_round(0);
+        // One read of one event: the rest of the gap waits in the catch-up.
+        let mut cx = Context::from_waker(noop_waker_ref());
+        let mut out = Vec::new();
+        assert!(subscription.poll_read(&mut cx, 1, &mut out).is_ready());
+        drop(out);
+        // The client stalls; every key is published again, twice.
+        publish_round(1);
+        publish_round(2);
+        let lane = &subscription.lanes[0];
+        let ring = lane.topic.read();
+        let conflation = ring.conflation.as_deref().unwrap();
+        let pinned: Vec<u64> = lane
+            .catch_up
+            .iter()
+            .filter(|c| c.index < ring.first_index && !conflation.is_latest(&c.name, c.index))
+            .map(|c| c.bytes.len() as u64)
+            .collect();
+        assert_eq!(
+            pinned.iter().sum::<u64>(),
+            0,
+            "{} events ({} bytes) the topic let go are held by a stalled stream",
+            pinned.len(),
+            pinned.iter().sum::<u64>()
+        );
+    }
+}
