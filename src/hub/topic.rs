@@ -58,9 +58,9 @@ pub(crate) struct Conflation {
 }
 
 impl Conflation {
-    /// Whether the event at `index` is still the newest of `key`.
-    pub(crate) fn is_latest(&self, key: &str, index: u64) -> bool {
-        self.latest.get(key).is_some_and(|l| l.index == index)
+    /// The event at `index`, if it is still the newest of `key`.
+    pub(crate) fn latest_at(&self, key: &str, index: u64) -> Option<&Latest> {
+        self.latest.get(key).filter(|l| l.index == index)
     }
 
     /// The newest events of keys whose newest event is in `gap`, in index
@@ -338,8 +338,8 @@ mod tests {
         assert_eq!(gap, [("b".into(), 1), ("a".into(), 3), ("c".into(), 4)]);
         assert_eq!(conflation.latest.len(), 4);
         assert_eq!(conflation.by_index.len(), 4, "one index per key");
-        assert!(conflation.is_latest("a", 3));
-        assert!(!conflation.is_latest("a", 0));
+        assert!(conflation.latest_at("a", 3).is_some());
+        assert!(conflation.latest_at("a", 0).is_none());
         assert_eq!(conflation.in_gap(2..4).len(), 1);
     }
 
