@@ -282,6 +282,46 @@ fn a_snapshot_function_is_not_called_on_lag_under_conflate() {
     assert_eq!(called.load(std::sync::atomic::Ordering::Relaxed), 0);
 }
 
+/// Under `Conflate`, a `Last-Event-ID` still in history resumes right
+/// after it, every event replayed (no conflation: nothing was lost).
+#[test]
+fn under_conflate_a_resume_within_history_replays_every_event_after_the_id() {
+    let hub = Hub::builder()
+        .history(10)
+        .lag_policy(LagPolicy::Conflate)
+        .build();
+    let ids: Vec<String> = ["a1", "a2", "b1", "a3"]
+        .iter()
+        .map(|data| publish(&hub, "t", Some(&data[..1]), data))
+        .collect();
+    let resume = Resume::After(ids[0].clone().into_boxed_str());
+    let mut subscription = Subscription::new(&hub, &["t"], resume).unwrap();
+    let got = read_all(&mut subscription, 100);
+    assert_eq!(summary(&got), ["a=a2", "b=b1", "a=a3"]);
+    assert_eq!(hub.lagged_events(), 0);
+}
+
+/// Under `Conflate`, an id older than history still gets the snapshot (a
+/// snapshot replaces a reset whatever the lag policy), then live events.
+#[test]
+fn under_conflate_an_id_older_than_history_gets_the_snapshot() {
+    let hub = Hub::builder()
+        .history(2)
+        .lag_policy(LagPolicy::Conflate)
+        .snapshot(|_topic| async { Event::new("now").name("snapshot") })
+        .build();
+    let first = publish(&hub, "t", Some("a"), "a1");
+    for data in ["a2", "b1", "a3"] {
+        publish(&hub, "t", Some(&data[..1]), data);
+    }
+    let resume = Resume::After(first.into_boxed_str());
+    let mut subscription = Subscription::new(&hub, &["t"], resume).unwrap();
+    let got = read_all(&mut subscription, 100);
+    assert_eq!(summary(&got), ["snapshot=now"]);
+    publish(&hub, "t", Some("b"), "b2");
+    assert_eq!(summary(&read_all(&mut subscription, 100)), ["b=b2"]);
+}
+
 /// Review: random interleavings of publishes (keys a, b, c and none, one
 /// or two topics, history 0 to 5, some with a 2 ms `max_age`) and reads of
 /// 1 to 3 events, live or resumed from an id: hub order, published =

@@ -39,6 +39,8 @@ pub(crate) struct Latest {
     pub(crate) index: u64,
     pub(crate) key: Key,
     pub(crate) bytes: Bytes,
+    /// When it was published (for the delivery histogram).
+    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
     pub(crate) at: Instant,
 }
 
