@@ -21,7 +21,7 @@ use crate::{
     StreamContext,
     buffer::{Policy, Resolved},
     config::StreamConfig,
-    frame::FrameBuilder,
+    frame::{Encoded, FrameBuilder},
     hub::Lagged,
     hub::Subscription,
     queue::{Ended, Queue},
@@ -320,7 +320,7 @@ impl State {
 
     /// Gathers one frame: what is queued and, for a body-polled ready
     /// function, what it queues as the buffer drains, never waiting for more.
-    fn poll_events(&mut self, cx: &mut Context<'_>) -> Poll<Result<Bytes, Ended>> {
+    fn poll_events(&mut self, cx: &mut Context<'_>) -> Poll<Result<Encoded, Ended>> {
         let mut frame = FrameBuilder::default();
         if let Source::Hub { subscription, .. } = &mut self.source {
             if self.phase != Phase::Streaming {
@@ -371,6 +371,20 @@ impl State {
             return Poll::Pending;
         }
         Poll::Ready(Ok(frame.take()))
+    }
+
+    /// The first frame of an event; a split event's others go out next
+    /// (joined into one frame when the stream is compressed).
+    fn first_part(&mut self, encoded: Encoded) -> Bytes {
+        #[cfg(feature = "compression")]
+        if self.compressed.is_some() {
+            return encoded.into_whole();
+        }
+        let (first, rest) = encoded.into_frames();
+        if let Some(rest) = rest {
+            self.extras.get_or_insert_with(Extras::empty).rest = rest.map(Some);
+        }
+        first
     }
 
     fn add_events(&mut self, taken: usize) {
@@ -498,14 +512,15 @@ impl Body for EventStream {
                 }
             }
         }
-        // The layer's `retry`, before anything else.
         let first = std::mem::take(&mut state.first_pending)
             .then(|| state.config.first_frame.clone())
             .flatten();
-        let bytes = match first {
-            Some(first) => first,
+        // The rest of a split event, then the layer's `retry`, before anything else.
+        let rest = state.extras.as_mut().and_then(|e| e.next_part());
+        let bytes = match rest.or(first) {
+            Some(bytes) => bytes,
             None => match state.poll_events(cx) {
-                Poll::Ready(Ok(bytes)) => bytes,
+                Poll::Ready(Ok(encoded)) => state.first_part(encoded),
                 Poll::Ready(Err(ended)) => match (state.phase, &state.config.shutdown_event) {
                     (Phase::ShuttingDown { event_sent: false }, Some(event)) => {
                         state.phase = Phase::ShuttingDown { event_sent: true };

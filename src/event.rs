@@ -9,7 +9,10 @@ use std::{borrow::Cow, fmt, time::Duration};
 
 use bytes::{Bytes, BytesMut};
 
-use crate::pedestal;
+use crate::{
+    frame::{EVENT_END, Encoded, Split},
+    pedestal::{self, DATA_FIELD},
+};
 
 mod data;
 mod encode;
@@ -260,6 +263,38 @@ impl Event {
     }
 
     /// Encodes into a new buffer (checked already).
+    /// Encodes an event that is given away (to be sent): as
+    /// [`Event::into_frame`], except that one-line data of at least
+    /// [`SPLIT_MIN`](data::SPLIT_MIN) bytes handed over whole (a `String`,
+    /// `Bytes`, a `&'static str`) is not copied: it goes out as a frame of its
+    /// own, after one holding the other fields.
+    pub(crate) fn into_encoded(mut self) -> Result<Encoded, EventError> {
+        let whole = match &self.data {
+            Some(data) => !data.is_given() || data.bytes().len() < data::SPLIT_MIN,
+            None => true,
+        };
+        if whole {
+            return self.take_frame().map(Encoded::Whole);
+        }
+        self.validate()?;
+        let layout = Layout::of(&self);
+        if !layout.data_is_one_line() {
+            return self.take_frame().map(Encoded::Whole);
+        }
+        let Some(data) = self.data.take().and_then(Data::into_bytes) else {
+            return self.take_frame().map(Encoded::Whole);
+        };
+        let head_len = layout.len - data.len() - EVENT_END.len();
+        let mut head = BytesMut::with_capacity(head_len);
+        self.write_head(&layout, &mut head);
+        head.extend_from_slice(DATA_FIELD);
+        debug_assert_eq!(head.len(), head_len);
+        Ok(Encoded::Split(Box::new(Split {
+            head: head.freeze(),
+            data,
+        })))
+    }
+
     fn copy_encode(&self) -> Result<Bytes, EventError> {
         let layout = Layout::of(self);
         // Exactly sized, so that freezing keeps the single allocation.

@@ -15,11 +15,87 @@ pub(crate) const MAX_FRAME: usize = 64 * 1024;
 /// events 0.5-0.9x (`load loopback` of `benches/`, `raw-join` vs `raw-hyper`).
 pub(crate) const JOIN_LIMIT: usize = 2 * 1024;
 
+/// The end of every event: the data line's CRLF and the blank line.
+pub(crate) const EVENT_END: &[u8] = b"\r\n\r\n";
+
+/// An encoded event as queued: its wire bytes, or, for large data given
+/// away (a `String`, `Bytes`, a `&'static str`), its fields up to `data: `,
+/// then the data itself, never copied, then [`EVENT_END`], each a frame of
+/// its own.
+pub(crate) enum Encoded {
+    Whole(Bytes),
+    Split(Box<Split>),
+}
+
+/// The parts of a [`Encoded::Split`] event before its end.
+pub(crate) struct Split {
+    pub(crate) head: Bytes,
+    pub(crate) data: Bytes,
+}
+
+impl Encoded {
+    pub(crate) fn len(&self) -> usize {
+        match self {
+            Self::Whole(bytes) => bytes.len(),
+            Self::Split(split) => split.head.len() + split.data.len() + EVENT_END.len(),
+        }
+    }
+
+    /// The event's frames: the first, and what follows it (data and end).
+    pub(crate) fn into_frames(self) -> (Bytes, Option<[Bytes; 2]>) {
+        match self {
+            Self::Whole(bytes) => (bytes, None),
+            Self::Split(split) => {
+                let Split { head, data } = *split;
+                (head, Some([data, Bytes::from_static(EVENT_END)]))
+            }
+        }
+    }
+
+    /// The event's wire bytes in one buffer (copied when split).
+    pub(crate) fn into_whole(self) -> Bytes {
+        let len = self.len();
+        match self {
+            Self::Whole(bytes) => bytes,
+            Self::Split(split) => {
+                let mut whole = BytesMut::with_capacity(len);
+                whole.extend_from_slice(&split.head);
+                whole.extend_from_slice(&split.data);
+                whole.extend_from_slice(EVENT_END);
+                whole.freeze()
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+impl Encoded {
+    /// The bytes of an event queued whole (empty for a split one).
+    pub(crate) fn whole(&self) -> &[u8] {
+        match self {
+            Self::Whole(bytes) => bytes,
+            Self::Split(_) => &[],
+        }
+    }
+}
+
+impl Default for Encoded {
+    fn default() -> Self {
+        Self::Whole(Bytes::new())
+    }
+}
+
+impl From<Bytes> for Encoded {
+    fn from(bytes: Bytes) -> Self {
+        Self::Whole(bytes)
+    }
+}
+
 /// A frame being gathered from the queue: one event as it was encoded (no
 /// copy), or several joined into one buffer, sized from what is queued.
 #[derive(Default)]
 pub(crate) struct FrameBuilder {
-    first: Option<Bytes>,
+    first: Option<Encoded>,
     joined: BytesMut,
     /// Takes no more events: the size cap or a large event was reached.
     full: bool,
@@ -28,7 +104,7 @@ pub(crate) struct FrameBuilder {
 impl FrameBuilder {
     fn len(&self) -> usize {
         if self.joined.is_empty() {
-            self.first.as_ref().map_or(0, Bytes::len)
+            self.first.as_ref().map_or(0, Encoded::len)
         } else {
             self.joined.len()
         }
@@ -59,12 +135,16 @@ impl FrameBuilder {
 
     /// Adds `bytes`; `queued` is what is still queued behind it, the most
     /// this frame may yet take.
-    pub(crate) fn push(&mut self, bytes: Bytes, queued: usize) {
+    pub(crate) fn push(&mut self, event: impl Into<Encoded>, queued: usize) {
+        let event = event.into();
         if self.is_empty() {
-            self.first = Some(bytes);
+            self.first = Some(event);
             return;
         }
-        if let Some(first) = self.first.take() {
+        // A split event is at least `JOIN_LIMIT` long: never joined, but
+        // copied whole should it be.
+        let bytes = event.into_whole();
+        if let Some(first) = self.first.take().map(Encoded::into_whole) {
             // Exactly what is queued, so that `freeze` keeps the allocation.
             let room = (bytes.len() + queued).min(MAX_FRAME - first.len());
             self.joined.reserve(first.len() + room.max(bytes.len()));
@@ -79,12 +159,12 @@ impl FrameBuilder {
         self.joined.extend_from_slice(&bytes);
     }
 
-    /// The gathered bytes; the frame is empty again.
-    pub(crate) fn take(&mut self) -> Bytes {
+    /// The gathered event or events; the frame is empty again.
+    pub(crate) fn take(&mut self) -> Encoded {
         self.full = false;
         match self.first.take() {
             Some(first) => first,
-            None => std::mem::take(&mut self.joined).freeze(),
+            None => Encoded::Whole(std::mem::take(&mut self.joined).freeze()),
         }
     }
 }

@@ -29,7 +29,7 @@ use bytes::Bytes;
 use crate::{
     Event,
     buffer::{ConflationKey, Policy, Resolved},
-    frame::FrameBuilder,
+    frame::{Encoded, FrameBuilder},
     sync::{AtomicBool, Mutex, MutexGuard},
 };
 
@@ -62,7 +62,7 @@ pub(crate) struct Queue {
 }
 
 struct State {
-    events: VecDeque<Bytes>,
+    events: VecDeque<Encoded>,
     queued_bytes: usize,
     receiver: Option<Waker>,
     /// Live `EventSender`s (`u32`, like `granted`, keeps the queue in the
@@ -159,7 +159,12 @@ impl State {
     /// Replaces the queued event of `key` with `bytes` (a conflating
     /// buffer), counting the replaced one as dropped; gives `bytes` back
     /// when no event of `key` is queued.
-    fn replace(&mut self, bytes: Bytes, key: &str, enqueued: &mut Enqueued) -> Result<(), Bytes> {
+    fn replace(
+        &mut self,
+        bytes: Encoded,
+        key: &str,
+        enqueued: &mut Enqueued,
+    ) -> Result<(), Encoded> {
         let Some(at) = self.conflation.as_ref().and_then(|c| c.position(key)) else {
             return Err(bytes);
         };
@@ -178,7 +183,7 @@ impl State {
     /// a conflating buffer's replacement when an event of `key` is queued.
     fn enqueue(
         &mut self,
-        bytes: Bytes,
+        bytes: Encoded,
         key: Option<String>,
         policy: Policy,
         capacity: usize,
@@ -316,14 +321,19 @@ impl Queue {
 
     /// Queues `bytes` if there is room now (never ahead of a waiting send).
     #[cfg(test)]
-    pub(crate) fn try_push(&self, bytes: Bytes) -> Result<(), Rejected> {
-        self.try_push_keyed(bytes, None)
+    pub(crate) fn try_push(&self, bytes: impl Into<Encoded>) -> Result<(), Rejected> {
+        self.try_push_keyed(bytes.into(), None)
     }
 
     /// Queues `bytes`, filed under `key` by a conflating buffer (see
     /// [`Queue::key_of`]), if there is room now (never ahead of a waiting
     /// send) or an event of `key` to replace.
-    pub(crate) fn try_push_keyed(&self, bytes: Bytes, key: Option<String>) -> Result<(), Rejected> {
+    pub(crate) fn try_push_keyed(
+        &self,
+        bytes: impl Into<Encoded>,
+        key: Option<String>,
+    ) -> Result<(), Rejected> {
+        let bytes = bytes.into();
         let mut state = self.lock();
         if state.closed {
             return Err(Rejected::Closed);

@@ -70,10 +70,10 @@ impl EventSender {
         let event = event.into();
         // The buffer's key (user code) runs before the queue's lock.
         let key = self.queue.key_of(&event);
-        let bytes = event.into_frame().map_err(SendError::Invalid)?;
-        let len = bytes.len();
+        let encoded = event.into_encoded().map_err(SendError::Invalid)?;
+        let len = encoded.len();
         self.queue
-            .push_keyed(bytes, key)
+            .push_keyed(encoded, key)
             .await
             .map_err(|_| SendError::Closed)?;
         self.payload.bytes(len);

@@ -56,6 +56,14 @@ pub(super) enum Data {
     Framed(Bytes),
 }
 
+/// One-line data at least this long (a frame's worth), handed over whole,
+/// is sent uncopied as a frame of its own (`Event::into_encoded`). Below it
+/// the copy into one frame costs about what two more frames do (hyper's
+/// chunk headers, a vectored write's entries): over loopback, 16 KiB
+/// `&'static str` events ran at 0.95x axum's `Sse` split at 8 KiB, 0.94x
+/// copied; 1 MiB ones at 1.64x split.
+pub(crate) const SPLIT_MIN: usize = 64 * 1024;
+
 /// Bytes of a framed event after its text: the data line's CRLF and the blank line.
 const FRAMED_TAIL: usize = 2 * CRLF.len();
 
@@ -75,6 +83,22 @@ impl Data {
     /// Known to be one line (copied from a `&str` into its wire form).
     pub(super) fn is_one_line(&self) -> bool {
         matches!(self, Self::Framed(_))
+    }
+
+    /// Whether the data was handed over whole (so it can be sent as it is).
+    pub(super) fn is_given(&self) -> bool {
+        matches!(self, Self::Static(_) | Self::Owned(_) | Self::Shared(_))
+    }
+
+    /// The data as `Bytes`, without a copy; `None` for what is not handed
+    /// over whole, or not UTF-8.
+    pub(super) fn into_bytes(self) -> Option<Bytes> {
+        match self {
+            Self::Static(text) => Some(Bytes::from_static(text.as_bytes())),
+            Self::Owned(text) => Some(Bytes::from(text)),
+            Self::Shared(bytes) => Some(bytes),
+            Self::NotUtf8(_) | Self::Framed(_) => None,
+        }
     }
 
     /// The text, unless it is not UTF-8.
@@ -346,5 +370,62 @@ mod tests {
             capacity <= len + len / 8,
             "{len} bytes framed in an allocation of {capacity}"
         );
+    }
+
+    /// What `into_encoded` sends, joined: the wire bytes of the event.
+    fn wire(encoded: crate::frame::Encoded) -> Bytes {
+        encoded.into_whole()
+    }
+
+    #[test]
+    fn large_data_handed_over_is_sent_from_its_own_buffer() {
+        let text = "y".repeat(super::SPLIT_MIN);
+        let at = text.as_ptr() as usize;
+        let bytes = Bytes::from("z".repeat(super::SPLIT_MIN + 3));
+        let bytes_at = bytes.as_ptr() as usize;
+        let leaked: &'static str = Box::leak("s".repeat(super::SPLIT_MIN + 1).into_boxed_str());
+        let cases = [
+            (Event::new(text).name("big").id("7"), at),
+            (Event::new(bytes), bytes_at),
+            (
+                Event::from_static(leaked).name("static"),
+                leaked.as_ptr() as usize,
+            ),
+        ];
+        for (event, expected_at) in cases {
+            let expected = event.encode().unwrap();
+            let encoded = event.into_encoded().unwrap();
+            if let crate::frame::Encoded::Split(split) = &encoded {
+                assert_eq!(split.data.as_ptr() as usize, expected_at, "copied");
+                assert!(split.head.ends_with(b"data: "));
+            } else {
+                panic!("{} bytes not split", expected.len());
+            }
+            assert_eq!(wire(encoded), expected);
+        }
+    }
+
+    #[test]
+    fn what_is_not_split_is_encoded_whole_and_alike() {
+        let two_lines = format!("{}\n{}", "a".repeat(40_000), "b".repeat(40_000));
+        let cases = [
+            Event::new(two_lines),
+            Event::new("c".repeat(super::SPLIT_MIN - 1)),
+            // A `&str` is copied into its wire form when the event is built.
+            Event::new("d".repeat(super::SPLIT_MIN).as_str()),
+            Event::new("e".repeat(super::SPLIT_MIN))
+                .comment("note\nmore")
+                .retry(Duration::from_secs(3)),
+        ];
+        for (i, event) in cases.into_iter().enumerate() {
+            let expected = event.encode().unwrap();
+            let encoded = event.into_encoded().unwrap();
+            let split = matches!(encoded, crate::frame::Encoded::Split(_));
+            assert_eq!(split, i == 3, "case {i}");
+            assert_eq!(wire(encoded), expected, "case {i}");
+        }
+        // An invalid event is refused as before.
+        let invalid = Event::new("f".repeat(super::SPLIT_MIN)).name("a\nb");
+        assert!(invalid.into_encoded().is_err());
     }
 }

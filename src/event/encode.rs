@@ -85,6 +85,13 @@ impl Layout {
     }
 }
 
+impl Layout {
+    /// Whether the data is one line (written as one `data:` field).
+    pub(super) fn data_is_one_line(&self) -> bool {
+        self.data_break.is_none()
+    }
+}
+
 /// The decimal digits of a number, without allocating.
 struct Digits {
     buf: [u8; 39],

@@ -3,10 +3,8 @@
 
 use std::task::Waker;
 
-use bytes::Bytes;
-
 use super::Queue;
-use crate::buffer::Policy;
+use crate::{buffer::Policy, frame::Encoded};
 
 /// What an accepted event displaced, to be dealt with after the lock.
 #[derive(Default)]
@@ -14,7 +12,7 @@ pub(super) struct Enqueued {
     pub(super) receiver: Option<Waker>,
     /// The event a dropping policy discarded (the new one or the oldest),
     /// or the one a conflating buffer replaced.
-    pub(super) discarded: Option<Bytes>,
+    pub(super) discarded: Option<Encoded>,
     /// The drop count after a discard, for `tracing`.
     pub(super) dropped: Option<(u64, Policy)>,
 }

@@ -7,7 +7,7 @@ use std::{
     task::{Context, Poll, ready},
 };
 
-use bytes::Bytes;
+use crate::frame::Encoded;
 
 use super::{Queue, ReadyPoll, Rejected, State, Waiter, WakeList};
 
@@ -16,18 +16,18 @@ impl Queue {
     /// [`Policy::Wait`](crate::buffer::Policy::Wait) (first come, first
     /// served); see [`Push`].
     #[cfg(all(test, tower_sse_loom))]
-    pub(crate) fn push(&self, bytes: Bytes) -> Push<'_> {
-        self.push_keyed(bytes, None)
+    pub(crate) fn push(&self, bytes: impl Into<Encoded>) -> Push<'_> {
+        self.push_keyed(bytes.into(), None)
     }
 
     /// Queues `bytes`, filed under `key` by a conflating buffer (see
     /// [`Queue::key_of`]): it replaces a queued event of `key`, or else
     /// waits for room as under [`Policy::Wait`](crate::buffer::Policy::Wait);
     /// see [`Push`].
-    pub(crate) fn push_keyed(&self, bytes: Bytes, key: Option<String>) -> Push<'_> {
+    pub(crate) fn push_keyed(&self, bytes: impl Into<Encoded>, key: Option<String>) -> Push<'_> {
         Push {
             queue: self,
-            bytes: Some(bytes),
+            bytes: Some(bytes.into()),
             key,
             waiter: None,
             waits: self.waits_when_full(),
@@ -40,10 +40,10 @@ impl Queue {
     /// granted is kept for it (the other sends drop instead). The hub's
     /// sends: it falls behind in its history, and says so, rather than lose
     /// events, or its notices, in the buffer.
-    pub(crate) fn push_waiting(&self, bytes: Bytes) -> Push<'_> {
+    pub(crate) fn push_waiting(&self, bytes: impl Into<Encoded>) -> Push<'_> {
         Push {
             queue: self,
-            bytes: Some(bytes),
+            bytes: Some(bytes.into()),
             key: None,
             waiter: None,
             waits: true,
@@ -63,7 +63,7 @@ impl Queue {
 /// it had been granted passes to the next waiting send.
 pub(crate) struct Push<'a> {
     queue: &'a Queue,
-    bytes: Option<Bytes>,
+    bytes: Option<Encoded>,
     /// Its key in a conflating buffer (taken when it is queued).
     key: Option<String>,
     /// Its place among the waiting sends, once it waits.

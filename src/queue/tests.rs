@@ -15,7 +15,7 @@ fn poll_frame(queue: &Queue, frame: &mut FrameBuilder) -> Poll<Result<(Bytes, us
     queue.take_ready_wake();
     queue
         .poll_recv(&mut cx, &Bytes::from_static(b": \r\n"), frame)
-        .map(|r| r.map(|events| (frame.take(), events)))
+        .map(|r| r.map(|events| (frame.take().into_whole(), events)))
 }
 
 fn recv(queue: &Queue) -> Poll<Result<Vec<u8>, Ended>> {

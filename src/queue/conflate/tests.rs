@@ -48,7 +48,7 @@ fn recv(queue: &Queue) -> Option<Vec<(String, u32)>> {
     queue.take_ready_wake();
     match queue.poll_recv(&mut cx, &Bytes::new(), &mut frame) {
         Poll::Ready(Ok(taken)) if taken > 0 => {
-            let events = parse(&frame.take());
+            let events = parse(frame.take().whole());
             assert_eq!(events.len(), taken);
             Some(events)
         }
@@ -64,7 +64,11 @@ fn try_send(queue: &Queue, key: Option<&str>, value: u32) -> Result<(), Rejected
 /// What is queued, in order, read under the lock as the body would take it.
 fn queued(queue: &Queue) -> Vec<(String, u32)> {
     let state = queue.lock();
-    state.events.iter().flat_map(|bytes| parse(bytes)).collect()
+    state
+        .events
+        .iter()
+        .flat_map(|bytes| parse(bytes.whole()))
+        .collect()
 }
 
 fn poll_once(push: &mut Pin<Box<Push<'_>>>) -> Poll<Result<(), Rejected>> {
