@@ -413,3 +413,53 @@ async fn shutdown_ends_the_compressed_stream_cleanly() {
     let seen = seen.lock().unwrap();
     assert_eq!(decode_whole("gzip", &seen.wire).unwrap(), seen.decoded);
 }
+
+/// Data of 64 KiB or more handed over whole goes out uncopied in frames of
+/// its own on a plain stream; on a compressed one the parts are joined
+/// and compressed as one event, which arrives whole and decodes exactly.
+#[tokio::test]
+async fn large_events_handed_over_whole_compress_whole() {
+    for encoding in ["gzip", "zstd"] {
+        let (layer, mut senders) = handing_layer(Compression::default());
+        let addr = serve(route(layer)).await;
+        let response = request(addr, Some(encoding)).await;
+        assert_eq!(header(&response, "content-encoding"), Some(encoding));
+        let seen = Arc::new(Mutex::new(Seen::default()));
+        let mut events = decoded_events(response, encoding, seen.clone());
+        let sender = tokio::time::timeout(PATIENCE, senders.recv())
+            .await
+            .expect("the ready function was not called")
+            .unwrap();
+        for i in 0..4 {
+            let data: String = (0..70_000 + i * 1_000)
+                .map(|j| char::from(b'a' + (j % 26) as u8))
+                .collect();
+            let event = match i % 2 {
+                0 => tower_sse::Event::new(data.clone()),
+                _ => tower_sse::Event::new(Bytes::from(data.clone())),
+            };
+            sender
+                .send(event.name("big").id(i.to_string()))
+                .await
+                .unwrap();
+            let got = next_event(&mut events).await.expect("the stream ended");
+            assert_eq!(
+                (got.event.as_str(), got.id.as_str()),
+                ("big", i.to_string().as_str())
+            );
+            assert!(got.data == data, "{encoding}: event {i} differs");
+        }
+        sender.close();
+        drop(sender);
+        assert!(
+            tokio::time::timeout(PATIENCE, events.next())
+                .await
+                .expect("no end")
+                .is_none()
+        );
+        let seen = seen.lock().unwrap();
+        let whole =
+            decode_whole(encoding, &seen.wire).expect("the compressed stream did not end well");
+        assert_eq!(whole, seen.decoded, "{encoding}");
+    }
+}
