@@ -116,7 +116,7 @@ fn recv_frame(queue: &Queue, frame: &mut FrameBuilder) -> Result<Vec<Tag>, Ended
         // All it took was queued at once, under the lock.
         assert!(taken <= queue.capacity(), "{taken} events were queued");
         assert!(queue.queued().0 <= queue.capacity());
-        let bytes = frame.take();
+        let bytes = frame.take().into_whole();
         assert_eq!(bytes.len(), 2 * taken, "a frame is whole events only");
         return Ok(bytes.chunks_exact(2).map(|e| (e[0], e[1])).collect());
     }
