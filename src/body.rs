@@ -512,12 +512,14 @@ impl Body for EventStream {
                 }
             }
         }
-        let first = std::mem::take(&mut state.first_pending)
-            .then(|| state.config.first_frame.clone())
-            .flatten();
         // The rest of a split event, then the layer's `retry`, before anything else.
-        let rest = state.extras.as_mut().and_then(|e| e.next_part());
-        let bytes = match rest.or(first) {
+        let first = match state.extras.as_mut().and_then(|e| e.next_part()) {
+            Some(part) => Some(part),
+            None => std::mem::take(&mut state.first_pending)
+                .then(|| state.config.first_frame.clone())
+                .flatten(),
+        };
+        let bytes = match first {
             Some(bytes) => bytes,
             None => match state.poll_events(cx) {
                 Poll::Ready(Ok(encoded)) => state.first_part(encoded),
