@@ -262,7 +262,6 @@ impl Event {
         self.name.is_none() && self.id.is_none() && self.retry.is_none() && self.comment.is_none()
     }
 
-    /// Encodes into a new buffer (checked already).
     /// Encodes an event that is given away (to be sent): as
     /// [`Event::into_frame`], except that one-line data of at least
     /// [`SPLIT_MIN`](data::SPLIT_MIN) bytes handed over whole (a `String`,
@@ -295,6 +294,7 @@ impl Event {
         })))
     }
 
+    /// Encodes into a new buffer (checked already).
     fn copy_encode(&self) -> Result<Bytes, EventError> {
         let layout = Layout::of(self);
         // Exactly sized, so that freezing keeps the single allocation.
