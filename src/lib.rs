@@ -105,7 +105,9 @@
 //!    `event/data.rs`) is copied once on the way: a `String` or `Bytes` when
 //!    the event is encoded, a one-line `&str` (or [`Event::json`]'s output)
 //!    when the event is built, straight into its wire form, which sending
-//!    then hands on without another copy.
+//!    then hands on without another copy. One line of 64 KiB or more handed
+//!    over whole is not copied: `send` queues it as its own frame between
+//!    the event's other fields and its end (`frame.rs`, `Encoded`).
 //! 3. `queue/push.rs`, `Queue::push`: the bytes wait in the stream's bounded
 //!    queue (`queue.rs`, `Queue`); the [`Buffer`] policy (`buffer.rs`)
 //!    decides what a full queue does (wait, drop the newest, drop the oldest;

@@ -24,6 +24,16 @@ pub(super) const HEADROOM: usize = 64;
 /// as a `String` and copied again when encoded). Anything that converts
 /// into a `String` converts into it.
 ///
+/// One line of 64 KiB or more handed over whole (a `String`, `Bytes`, a
+/// `&'static str`) is not copied at all by
+/// [`EventSender::send`](crate::EventSender::send): it is sent from its own
+/// buffer, as a frame between the event's other fields and its end. That
+/// buffer is then kept until the connection has written it, whole: a
+/// `String`'s spare capacity, or the rest of a buffer a `Bytes` is a slice
+/// of, with it (`EventSender::queued_bytes` counts the event only); and the
+/// `Bytes`' owner is dropped where the body drops it, in the connection's
+/// task (never under the crate's locks).
+///
 /// `Bytes` must hold UTF-8 (SSE is a UTF-8 stream): other bytes make the
 /// event fail to encode, with [`EventError::DataNotUtf8`](crate::EventError::DataNotUtf8).
 ///
