@@ -4,13 +4,8 @@
 //! hub publishes; another, with its own connections and its own axum server
 //! on loopback, serves a client that stops reading.
 //!
-//! Skipped unless `REDIS_URL` is set:
-//!
-//! ```text
-//! redis-server --port 6392 --bind 127.0.0.1 --save "" --daemonize yes
-//! REDIS_URL=redis://127.0.0.1:6392 TOWER_SSE_REDIS_TESTS=1 \
-//!     cargo test --features redis,testing --test redis_conflate
-//! ```
+//! Against `REDIS_URL`, or a `redis-server` of the test's own
+//! (`common::Redis`, as the other Redis tests).
 #![cfg(feature = "redis")]
 
 mod common;
@@ -23,21 +18,6 @@ use tower_sse::hub::{Hub, LAGGED_EVENT};
 
 /// Each topic's history (and Redis trim), in events.
 const HISTORY: usize = 64;
-
-/// The Redis to test against, or `None` (with a message) to skip.
-fn redis_url() -> Option<String> {
-    match std::env::var("REDIS_URL") {
-        Ok(url) => Some(url),
-        Err(_) => {
-            assert!(
-                std::env::var_os("TOWER_SSE_REDIS_TESTS").is_none(),
-                "TOWER_SSE_REDIS_TESTS is set but REDIS_URL is not"
-            );
-            eprintln!("skipped: set REDIS_URL=redis://127.0.0.1:PORT to run the Redis tests");
-            None
-        }
-    }
-}
 
 /// Two nodes on one Redis under a prefix of their own: one that publishes,
 /// keying events by [`first_word`], and one whose key function never keys
@@ -76,8 +56,8 @@ async fn nodes(
 /// are published to each of `topics` on the other node, then reads
 /// everything.
 async fn stalled_client(test: &str, topics: &[&str]) {
-    let Some(url) = redis_url() else { return };
-    let (publisher, server, mut stream) = nodes(&url, test, &topics.join(",")).await;
+    let redis = Redis::start().await;
+    let (publisher, server, mut stream) = nodes(&redis.url, test, &topics.join(",")).await;
     let log = Log::default();
     for n in 0..1_000u64 {
         for topic in topics {
