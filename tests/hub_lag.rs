@@ -12,7 +12,6 @@
 mod common;
 
 use std::{
-    net::SocketAddr,
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering::SeqCst},
@@ -23,8 +22,7 @@ use std::{
 use axum::{Router, routing::get};
 use common::*;
 use eventsource_stream::Event as Received;
-use futures::{Stream, StreamExt};
-use tokio::net::TcpSocket;
+use futures::Stream;
 use tower_sse::{
     Buffer, Event, SseLayer,
     hub::{Hub, LAGGED_EVENT},
@@ -37,19 +35,6 @@ const HISTORY: usize = 64;
 /// Events of at least 2 KiB go out one per frame: the body drains the
 /// buffer one event at a time, the hardest case for batching notices.
 const PAYLOAD: usize = 3 * 1024;
-
-/// Serves `app` on loopback with small socket send buffers (inherited by the
-/// accepted sockets), so that a client that stops reading stalls the stream
-/// after a few hundred KiB rather than megabytes.
-async fn serve_small_buffers(app: Router) -> SocketAddr {
-    let socket = TcpSocket::new_v4().unwrap();
-    socket.set_send_buffer_size(16 * 1024).unwrap();
-    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
-    let listener = socket.listen(64).unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    addr
-}
 
 /// A hub with a small history, served through `Hub::ready` with `buffer`,
 /// or from the body (`Hub::layer`) without one.
@@ -88,40 +73,6 @@ async fn read_to_end(
             return;
         }
     }
-}
-
-/// The next event, within [`PATIENCE`]; a stream that ends or goes quiet
-/// fails the test, showing what came.
-async fn next(
-    stream: &mut (impl Stream<Item = Received> + Unpin),
-    received: &[Received],
-) -> Received {
-    match tokio::time::timeout(PATIENCE, stream.next()).await {
-        Ok(Some(event)) => event,
-        Ok(None) => panic!("the stream ended; got {}", summary(received)),
-        Err(_) => panic!("no event came (lost?); got {}", summary(received)),
-    }
-}
-
-/// The received sequence in short: `e<id>` for an event, `L<n>` for a notice.
-fn summary(received: &[Received]) -> String {
-    let mut parts: Vec<String> = received
-        .iter()
-        .map(|e| {
-            if e.event == LAGGED_EVENT {
-                format!("L{}", e.data)
-            } else {
-                format!("e{}", e.id)
-            }
-        })
-        .collect();
-    if parts.len() > 60 {
-        let tail = parts.split_off(parts.len() - 30);
-        parts.truncate(30);
-        parts.push("…".into());
-        parts.extend(tail);
-    }
-    parts.join(" ")
 }
 
 /// Every gap in the ids (the hub's sequence, from 1) is announced, before

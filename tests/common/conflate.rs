@@ -41,7 +41,9 @@ pub fn first_word(event: &Event) -> Option<String> {
     (word != "-").then(|| word.to_owned())
 }
 
-/// Serves `app` on loopback with small socket send buffers (see `hub_lag.rs`).
+/// Serves `app` on loopback with small socket send buffers (inherited by
+/// the accepted sockets), so that a client that stops reading stalls the
+/// stream after a few hundred KiB rather than megabytes.
 pub async fn serve_small_buffers(app: Router) -> SocketAddr {
     let socket = TcpSocket::new_v4().unwrap();
     socket.set_send_buffer_size(16 * 1024).unwrap();
@@ -99,6 +101,8 @@ pub async fn read_to_end(
     }
 }
 
+/// The next event, within [`PATIENCE`]; a stream that ends or goes quiet
+/// fails the test, showing what came.
 pub async fn next(
     stream: &mut (impl Stream<Item = Received> + Unpin),
     received: &[Received],
