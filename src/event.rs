@@ -278,10 +278,15 @@ impl Event {
         self.validate()?;
         let layout = Layout::of(&self);
         if !layout.data_is_one_line() {
-            return self.take_frame().map(Encoded::Whole);
+            return Ok(Encoded::Whole(self.encode_with(&layout)));
         }
-        let Some(data) = self.data.take().and_then(Data::into_bytes) else {
-            return self.take_frame().map(Encoded::Whole);
+        let data = match self.data.take().map(Data::into_bytes) {
+            Some(Ok(data)) => data,
+            // Not handed over whole (ruled out above): encoded as usual.
+            kept => {
+                self.data = kept.and_then(Result::err);
+                return Ok(Encoded::Whole(self.encode_with(&layout)));
+            }
         };
         let head_len = layout.len - data.len() - EVENT_END.len();
         let mut head = BytesMut::with_capacity(head_len);
@@ -296,12 +301,16 @@ impl Event {
 
     /// Encodes into a new buffer (checked already).
     fn copy_encode(&self) -> Result<Bytes, EventError> {
-        let layout = Layout::of(self);
+        Ok(self.encode_with(&Layout::of(self)))
+    }
+
+    /// Encodes into a new buffer, laid out already.
+    fn encode_with(&self, layout: &Layout) -> Bytes {
         // Exactly sized, so that freezing keeps the single allocation.
         let mut buf = BytesMut::with_capacity(layout.len);
-        self.write_fields(&layout, &mut buf);
+        self.write_fields(layout, &mut buf);
         debug_assert_eq!(buf.len(), layout.len);
-        Ok(buf.freeze())
+        buf.freeze()
     }
 }
 

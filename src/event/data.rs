@@ -100,14 +100,14 @@ impl Data {
         matches!(self, Self::Static(_) | Self::Owned(_) | Self::Shared(_))
     }
 
-    /// The data as `Bytes`, without a copy; `None` for what is not handed
-    /// over whole, or not UTF-8.
-    pub(super) fn into_bytes(self) -> Option<Bytes> {
+    /// The data as `Bytes`, without a copy; given back when it was not
+    /// handed over whole, or is not UTF-8.
+    pub(super) fn into_bytes(self) -> Result<Bytes, Self> {
         match self {
-            Self::Static(text) => Some(Bytes::from_static(text.as_bytes())),
-            Self::Owned(text) => Some(Bytes::from(text)),
-            Self::Shared(bytes) => Some(bytes),
-            Self::NotUtf8(_) | Self::Framed(_) => None,
+            Self::Static(text) => Ok(Bytes::from_static(text.as_bytes())),
+            Self::Owned(text) => Ok(Bytes::from(text)),
+            Self::Shared(bytes) => Ok(bytes),
+            kept @ (Self::NotUtf8(_) | Self::Framed(_)) => Err(kept),
         }
     }
 

@@ -23,8 +23,7 @@ fn a_stalled_stream_pins_no_event_its_topic_no_longer_keeps() {
     let mut subscription = Subscription::new(&hub, &["t"], Resume::Live).unwrap();
     let publish_round = |round: usize| {
         for key in 0..KEYS {
-            let event =
-                Event::new(format!("{round} {}", "x".repeat(1000))).name(format!("k{key}"));
+            let event = Event::new(format!("{round} {}", "x".repeat(1000))).name(format!("k{key}"));
             block_on(hub.publish("t", event)).unwrap();
         }
     };
