@@ -165,10 +165,15 @@ fn header<'a>(response: &'a reqwest::Response, name: &str) -> Option<&'a str> {
     response.headers().get(name).map(|v| v.to_str().unwrap())
 }
 
-/// The whole story for one encoding: headers, each event decoded and parsed
-/// before the next is sent, heartbeats in a silence, a smaller wire than
-/// the events, and a trailer that ends the compressed stream cleanly.
-async fn streams_event_by_event(encoding: &'static str) {
+/// A stream compressed with `encoding` (its headers checked): its events as
+/// decoded and parsed, what the client saw, and its sender.
+async fn open_compressed(
+    encoding: &'static str,
+) -> (
+    impl Stream<Item = Event> + Unpin,
+    Arc<Mutex<Seen>>,
+    EventSender,
+) {
     let (layer, mut senders) = handing_layer(Compression::default());
     let addr = serve(route(layer)).await;
     let response = request(addr, Some(encoding)).await;
@@ -176,11 +181,19 @@ async fn streams_event_by_event(encoding: &'static str) {
     assert_eq!(header(&response, "content-encoding"), Some(encoding));
     assert_eq!(header(&response, "vary"), Some("accept-encoding"));
     let seen = Arc::new(Mutex::new(Seen::default()));
-    let mut events = decoded_events(response, encoding, seen.clone());
+    let events = decoded_events(response, encoding, seen.clone());
     let sender = tokio::time::timeout(PATIENCE, senders.recv())
         .await
         .expect("the ready function was not called")
         .unwrap();
+    (events, seen, sender)
+}
+
+/// The whole story for one encoding: headers, each event decoded and parsed
+/// before the next is sent, heartbeats in a silence, a smaller wire than
+/// the events, and a trailer that ends the compressed stream cleanly.
+async fn streams_event_by_event(encoding: &'static str) {
+    let (mut events, seen, sender) = open_compressed(encoding).await;
 
     const EVENTS: usize = 30;
     for i in 0..EVENTS {
@@ -420,16 +433,7 @@ async fn shutdown_ends_the_compressed_stream_cleanly() {
 #[tokio::test]
 async fn large_events_handed_over_whole_compress_whole() {
     for encoding in ["gzip", "zstd"] {
-        let (layer, mut senders) = handing_layer(Compression::default());
-        let addr = serve(route(layer)).await;
-        let response = request(addr, Some(encoding)).await;
-        assert_eq!(header(&response, "content-encoding"), Some(encoding));
-        let seen = Arc::new(Mutex::new(Seen::default()));
-        let mut events = decoded_events(response, encoding, seen.clone());
-        let sender = tokio::time::timeout(PATIENCE, senders.recv())
-            .await
-            .expect("the ready function was not called")
-            .unwrap();
+        let (mut events, seen, sender) = open_compressed(encoding).await;
         for i in 0..4 {
             let data: String = (0..70_000 + i * 1_000)
                 .map(|j| char::from(b'a' + (j % 26) as u8))
