@@ -42,6 +42,9 @@
 //!   the producer task building `Event::default().data(data)`;
 //! - `raw-hyper`: an `http_body::Body` over an mpsc of pre-encoded `Bytes`,
 //!   one frame per event;
+//! - `raw-copy`: the same, each event a fresh copy of the pre-encoded bytes
+//!   (one copy and no scan: the least any library can do with a `&str` it
+//!   only borrows);
 //! - `raw-join`: the same, joining every event already queued into one frame
 //!   (up to 64 KiB);
 //! - `bare`: a body that never yields, without task or channel (the floor for

@@ -27,6 +27,8 @@ pub(crate) enum Imp {
     TowerSseMetrics,
     AxumSse,
     RawHyper,
+    /// The raw body, each event copied from the pre-encoded bytes on send.
+    RawCopy,
     RawJoin,
     Bare,
 }
@@ -41,6 +43,7 @@ impl Named for Imp {
         Imp::TowerSseMetrics,
         Imp::AxumSse,
         Imp::RawHyper,
+        Imp::RawCopy,
         Imp::RawJoin,
         Imp::Bare,
     ];
@@ -55,6 +58,7 @@ impl Named for Imp {
             Imp::TowerSseMetrics => "tower-sse-metrics",
             Imp::AxumSse => "axum-sse",
             Imp::RawHyper => "raw-hyper",
+            Imp::RawCopy => "raw-copy",
             Imp::RawJoin => "raw-join",
             Imp::Bare => "bare",
         }

@@ -152,8 +152,9 @@ fn router(scenario: &Scenario) -> Router {
                 async move { Sse::new(stream).keep_alive(keep_alive) }
             }),
         ),
-        Imp::RawHyper | Imp::RawJoin => {
+        Imp::RawHyper | Imp::RawCopy | Imp::RawJoin => {
             let join = scenario.imp == Imp::RawJoin;
+            let copy = scenario.imp == Imp::RawCopy;
             let encoded = Bytes::from(format!("data: {data}\r\n\r\n"));
             Router::new().route(
                 "/sse",
@@ -163,7 +164,11 @@ fn router(scenario: &Scenario) -> Router {
                         tokio::spawn(async move { tx.closed().await });
                     } else {
                         let encoded = encoded.clone();
-                        tokio::spawn(produce(RawSink { tx, encoded }, gate.clone(), sc.clone()));
+                        tokio::spawn(produce(
+                            RawSink { tx, encoded, copy },
+                            gate.clone(),
+                            sc.clone(),
+                        ));
                     }
                     let body = RawBody {
                         rx,
@@ -248,12 +253,16 @@ impl Sink for AxumSink {
 struct RawSink {
     tx: mpsc::Sender<Bytes>,
     encoded: Bytes,
+    /// Copy the encoded event for every send (`raw-copy`): the least any
+    /// library does with data it only borrows.
+    copy: bool,
 }
 
 impl Sink for RawSink {
     async fn send(&self, stamped: Option<String>) -> bool {
         let event = match stamped {
             Some(stamped) => Bytes::from(format!("data: {stamped}\r\n\r\n")),
+            None if self.copy => Bytes::copy_from_slice(&self.encoded),
             None => self.encoded.clone(),
         };
         self.tx.send(event).await.is_ok()
