@@ -140,58 +140,51 @@ mod tests {
         }
     }
 
+    /// What needs every encoding compiled in.
     #[cfg(all(
         feature = "gzip",
         feature = "deflate",
         feature = "br",
         feature = "zstd"
     ))]
-    #[test]
-    fn the_highest_q_wins_and_ties_follow_the_server() {
-        assert_eq!(chosen(&["gzip, deflate, br, zstd"], &all()), Some("zstd"));
-        assert_eq!(chosen(&["gzip, deflate"], &all()), Some("gzip"));
-        assert_eq!(chosen(&["deflate"], &all()), Some("deflate"));
-        assert_eq!(
-            chosen(&["gzip;q=0.5, deflate;q=0.8"], &all()),
-            Some("deflate")
-        );
-        assert_eq!(
-            chosen(&["br;q=0.2, gzip;q=0.9, zstd;q=0.1"], &all()),
-            Some("gzip")
-        );
-        assert_eq!(chosen(&["GZIP ; Q=1"], &all()), Some("gzip"));
-        assert_eq!(chosen(&["x-gzip"], &all()), Some("gzip"));
-        // Several headers add up.
-        assert_eq!(chosen(&["deflate;q=0.5", "br"], &all()), Some("br"));
-    }
+    mod every_encoding {
+        use super::*;
 
-    #[cfg(all(
-        feature = "gzip",
-        feature = "deflate",
-        feature = "br",
-        feature = "zstd"
-    ))]
-    #[test]
-    fn zero_refuses_and_the_wildcard_covers_the_rest() {
-        assert_eq!(chosen(&["gzip;q=0"], &all()), None);
-        assert_eq!(chosen(&["*"], &all()), Some("zstd"));
-        assert_eq!(chosen(&["*, zstd;q=0"], &all()), Some("br"));
-        assert_eq!(chosen(&["*;q=0, gzip"], &all()), Some("gzip"));
-        assert_eq!(chosen(&["*;q=0"], &all()), None);
-        assert_eq!(chosen(&["gzip;q=0.1, *;q=0.5"], &all()), Some("zstd"));
-    }
+        #[test]
+        fn the_highest_q_wins_and_ties_follow_the_server() {
+            assert_eq!(chosen(&["gzip, deflate, br, zstd"], &all()), Some("zstd"));
+            assert_eq!(chosen(&["gzip, deflate"], &all()), Some("gzip"));
+            assert_eq!(chosen(&["deflate"], &all()), Some("deflate"));
+            assert_eq!(
+                chosen(&["gzip;q=0.5, deflate;q=0.8"], &all()),
+                Some("deflate")
+            );
+            assert_eq!(
+                chosen(&["br;q=0.2, gzip;q=0.9, zstd;q=0.1"], &all()),
+                Some("gzip")
+            );
+            assert_eq!(chosen(&["GZIP ; Q=1"], &all()), Some("gzip"));
+            assert_eq!(chosen(&["x-gzip"], &all()), Some("gzip"));
+            // Several headers add up.
+            assert_eq!(chosen(&["deflate;q=0.5", "br"], &all()), Some("br"));
+        }
 
-    #[cfg(all(
-        feature = "gzip",
-        feature = "deflate",
-        feature = "br",
-        feature = "zstd"
-    ))]
-    #[test]
-    fn disabled_encodings_are_never_chosen() {
-        let gzip_only = all().no_zstd().no_br().no_deflate();
-        assert_eq!(chosen(&["zstd, br, gzip;q=0.1"], &gzip_only), Some("gzip"));
-        assert_eq!(chosen(&["zstd, br"], &gzip_only), None);
+        #[test]
+        fn zero_refuses_and_the_wildcard_covers_the_rest() {
+            assert_eq!(chosen(&["gzip;q=0"], &all()), None);
+            assert_eq!(chosen(&["*"], &all()), Some("zstd"));
+            assert_eq!(chosen(&["*, zstd;q=0"], &all()), Some("br"));
+            assert_eq!(chosen(&["*;q=0, gzip"], &all()), Some("gzip"));
+            assert_eq!(chosen(&["*;q=0"], &all()), None);
+            assert_eq!(chosen(&["gzip;q=0.1, *;q=0.5"], &all()), Some("zstd"));
+        }
+
+        #[test]
+        fn disabled_encodings_are_never_chosen() {
+            let gzip_only = all().no_zstd().no_br().no_deflate();
+            assert_eq!(chosen(&["zstd, br, gzip;q=0.1"], &gzip_only), Some("gzip"));
+            assert_eq!(chosen(&["zstd, br"], &gzip_only), None);
+        }
     }
 
     #[test]
