@@ -3,18 +3,23 @@
 //! (flate2, brotli, zstd: not this crate's code) and parses with the
 //! independent `eventsource-stream`. Every event is readable before the
 //! next is sent, heartbeats arrive in silences, the trailer ends the
-//! compressed stream, and the headers and the negotiation are checked.
+//! compressed stream, and the headers and the negotiation are checked,
+//! over HTTP/1.1 and over HTTP/2 (h2c, prior knowledge), where several
+//! streams of mixed encodings also share one connection.
 
 mod common;
 
 use std::{
     io::{Read, Write},
     net::SocketAddr,
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
     time::Duration,
 };
 
-use axum::{Router, routing::get};
+use axum::{Router, routing::get, serve::ListenerExt};
 use bytes::Bytes;
 use common::*;
 use eventsource_stream::{Event, Eventsource};
@@ -45,6 +50,8 @@ enum Decoder {
     Deflate(flate2::write::ZlibDecoder<Vec<u8>>),
     Br(Box<brotli::DecompressorWriter<Vec<u8>>>),
     Zstd(zstd::stream::write::Decoder<'static, Vec<u8>>),
+    /// An uncompressed stream: chunks out as they came.
+    Identity,
 }
 
 impl Decoder {
@@ -54,6 +61,7 @@ impl Decoder {
             "deflate" => Self::Deflate(flate2::write::ZlibDecoder::new(Vec::new())),
             "br" => Self::Br(Box::new(brotli::DecompressorWriter::new(Vec::new(), 4096))),
             "zstd" => Self::Zstd(zstd::stream::write::Decoder::new(Vec::new()).unwrap()),
+            "identity" => Self::Identity,
             other => panic!("no decoder for {other}"),
         }
     }
@@ -83,6 +91,7 @@ impl Decoder {
                 run(d, chunk);
                 d.get_mut()
             }
+            Self::Identity => return chunk.to_vec(),
         };
         std::mem::take(out)
     }
@@ -90,10 +99,15 @@ impl Decoder {
 
 /// Decodes a whole body with the encoding's reader, which fails on a
 /// missing or corrupt trailer (gzip's CRC and length, zlib's Adler-32,
-/// br's last block, an unfinished zstd frame).
+/// br's last block, an unfinished zstd frame); `identity` is the body as
+/// it came.
 fn decode_whole(encoding: &str, wire: &[u8]) -> std::io::Result<Vec<u8>> {
     let mut out = Vec::new();
     match encoding {
+        "identity" => {
+            out.extend_from_slice(wire);
+            wire.len()
+        }
         "gzip" => flate2::read::GzDecoder::new(wire).read_to_end(&mut out)?,
         "deflate" => flate2::read::ZlibDecoder::new(wire).read_to_end(&mut out)?,
         "br" => brotli::Decompressor::new(wire, 4096).read_to_end(&mut out)?,
@@ -150,8 +164,29 @@ fn handing_layer(compression: Compression) -> (SseLayer, mpsc::UnboundedReceiver
     (layer, received)
 }
 
+/// A client that speaks `version`: HTTP/1.1, or HTTP/2 with prior
+/// knowledge (h2c: no upgrade, no TLS), every request on one connection.
+fn client(version: reqwest::Version) -> reqwest::Client {
+    let builder = reqwest::Client::builder();
+    let builder = match version {
+        reqwest::Version::HTTP_2 => builder.http2_prior_knowledge(),
+        reqwest::Version::HTTP_11 => builder.http1_only(),
+        other => panic!("no client for {other:?}"),
+    };
+    builder.build().unwrap()
+}
+
 async fn request(addr: SocketAddr, accept_encoding: Option<&str>) -> reqwest::Response {
-    let mut request = reqwest::Client::new().get(format!("http://{addr}/events"));
+    request_on(&reqwest::Client::new(), addr, accept_encoding).await
+}
+
+/// A GET of `/events` through `client` (its connection, if it has one).
+async fn request_on(
+    client: &reqwest::Client,
+    addr: SocketAddr,
+    accept_encoding: Option<&str>,
+) -> reqwest::Response {
+    let mut request = client.get(format!("http://{addr}/events"));
     if let Some(accept) = accept_encoding {
         request = request.header("accept-encoding", accept);
     }
@@ -165,10 +200,12 @@ fn header<'a>(response: &'a reqwest::Response, name: &str) -> Option<&'a str> {
     response.headers().get(name).map(|v| v.to_str().unwrap())
 }
 
-/// A stream compressed with `encoding` (its headers checked): its events as
-/// decoded and parsed, what the client saw, and its sender.
+/// A stream compressed with `encoding` over HTTP `version` (its headers
+/// checked): its events as decoded and parsed, what the client saw, and its
+/// sender.
 async fn open_compressed(
     encoding: &'static str,
+    version: reqwest::Version,
 ) -> (
     impl Stream<Item = Event> + Unpin,
     Arc<Mutex<Seen>>,
@@ -176,8 +213,9 @@ async fn open_compressed(
 ) {
     let (layer, mut senders) = handing_layer(Compression::default());
     let addr = serve(route(layer)).await;
-    let response = request(addr, Some(encoding)).await;
+    let response = request_on(&client(version), addr, Some(encoding)).await;
     assert_eq!(response.status(), 200);
+    assert_eq!(response.version(), version);
     assert_eq!(header(&response, "content-encoding"), Some(encoding));
     assert_eq!(header(&response, "vary"), Some("accept-encoding"));
     let seen = Arc::new(Mutex::new(Seen::default()));
@@ -192,8 +230,8 @@ async fn open_compressed(
 /// The whole story for one encoding: headers, each event decoded and parsed
 /// before the next is sent, heartbeats in a silence, a smaller wire than
 /// the events, and a trailer that ends the compressed stream cleanly.
-async fn streams_event_by_event(encoding: &'static str) {
-    let (mut events, seen, sender) = open_compressed(encoding).await;
+async fn streams_event_by_event(encoding: &'static str, version: reqwest::Version) {
+    let (mut events, seen, sender) = open_compressed(encoding, version).await;
 
     const EVENTS: usize = 30;
     for i in 0..EVENTS {
@@ -242,22 +280,203 @@ async fn streams_event_by_event(encoding: &'static str) {
 
 #[tokio::test]
 async fn gzip_streams_event_by_event() {
-    streams_event_by_event("gzip").await;
+    streams_event_by_event("gzip", reqwest::Version::HTTP_11).await;
 }
 
 #[tokio::test]
 async fn deflate_streams_event_by_event() {
-    streams_event_by_event("deflate").await;
+    streams_event_by_event("deflate", reqwest::Version::HTTP_11).await;
 }
 
 #[tokio::test]
 async fn br_streams_event_by_event() {
-    streams_event_by_event("br").await;
+    streams_event_by_event("br", reqwest::Version::HTTP_11).await;
 }
 
 #[tokio::test]
 async fn zstd_streams_event_by_event() {
-    streams_event_by_event("zstd").await;
+    streams_event_by_event("zstd", reqwest::Version::HTTP_11).await;
+}
+
+#[tokio::test]
+async fn gzip_streams_event_by_event_over_http2() {
+    streams_event_by_event("gzip", reqwest::Version::HTTP_2).await;
+}
+
+#[tokio::test]
+async fn deflate_streams_event_by_event_over_http2() {
+    streams_event_by_event("deflate", reqwest::Version::HTTP_2).await;
+}
+
+#[tokio::test]
+async fn br_streams_event_by_event_over_http2() {
+    streams_event_by_event("br", reqwest::Version::HTTP_2).await;
+}
+
+#[tokio::test]
+async fn zstd_streams_event_by_event_over_http2() {
+    streams_event_by_event("zstd", reqwest::Version::HTTP_2).await;
+}
+
+/// Streams of every encoding, twice gzip and zstd, and one uncompressed, on
+/// ONE HTTP/2 connection: each round sends an event to every stream before
+/// any is read (their DATA frames interleave on the connection), and each
+/// stream decodes on its own, event by event, to exactly its own events,
+/// then ends with its own trailer.
+#[tokio::test]
+async fn http2_streams_of_mixed_encodings_share_one_connection() {
+    const ENCODINGS: [&str; 7] = ["gzip", "deflate", "br", "zstd", "identity", "gzip", "zstd"];
+    const ROUNDS: usize = 20;
+    let data = |stream: usize, round: usize| format!("{stream}:{}", json(round));
+
+    let (layer, mut senders) = handing_layer(Compression::default());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let connections = Arc::new(AtomicUsize::new(0));
+    let counted = connections.clone();
+    let listener = listener.tap_io(move |_| {
+        counted.fetch_add(1, Ordering::SeqCst);
+    });
+    tokio::spawn(async move { axum::serve(listener, route(layer)).await.unwrap() });
+
+    let client = client(reqwest::Version::HTTP_2);
+    let mut streams = Vec::new();
+    for encoding in ENCODINGS {
+        let response = request_on(&client, addr, Some(encoding)).await;
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.version(), reqwest::Version::HTTP_2);
+        let expected = Some(encoding).filter(|e| *e != "identity");
+        assert_eq!(header(&response, "content-encoding"), expected);
+        assert_eq!(header(&response, "vary"), Some("accept-encoding"));
+        let seen = Arc::new(Mutex::new(Seen::default()));
+        let events = decoded_events(response, encoding, seen.clone());
+        // Requests go one at a time: this sender is this stream's.
+        let sender = tokio::time::timeout(PATIENCE, senders.recv())
+            .await
+            .expect("the ready function was not called")
+            .unwrap();
+        streams.push((encoding, events, seen, sender));
+    }
+    assert_eq!(
+        connections.load(Ordering::SeqCst),
+        1,
+        "the streams did not share one connection"
+    );
+
+    for round in 0..ROUNDS {
+        for (k, (_, _, _, sender)) in streams.iter().enumerate() {
+            sender.send(data(k, round)).await.unwrap();
+        }
+        for (k, (encoding, events, _, _)) in streams.iter_mut().enumerate() {
+            let event = next_event(events).await.expect("the stream ended");
+            assert_eq!(event.data, data(k, round), "stream {k} ({encoding})");
+        }
+    }
+    for (_, _, _, sender) in &streams {
+        sender.close();
+    }
+    for (k, (encoding, mut events, seen, sender)) in streams.into_iter().enumerate() {
+        drop(sender);
+        assert!(
+            next_event(&mut events).await.is_none(),
+            "stream {k} ({encoding}) did not end"
+        );
+        let seen = seen.lock().unwrap();
+        // Its trailer came, and the whole body decodes to what the chunks did.
+        let whole = decode_whole(encoding, &seen.wire)
+            .unwrap_or_else(|err| panic!("stream {k} ({encoding}) did not end well: {err}"));
+        assert_eq!(whole, seen.decoded, "stream {k} ({encoding})");
+        // Its own events and nothing else, heartbeats aside.
+        let decoded = String::from_utf8(whole).unwrap().replace(": \r\n", "");
+        let expected: String = std::iter::once("retry: 5000\r\n\r\n".to_owned())
+            .chain((0..ROUNDS).map(|round| format!("data: {}\r\n\r\n", data(k, round))))
+            .collect();
+        assert!(
+            decoded == expected,
+            "stream {k} ({encoding}): {decoded:.200}"
+        );
+        if encoding != "identity" {
+            assert!(
+                seen.wire.len() * 2 < seen.decoded.len(),
+                "stream {k} ({encoding}): {} bytes on the wire for {} decoded",
+                seen.wire.len(),
+                seen.decoded.len()
+            );
+        }
+    }
+    assert_eq!(connections.load(Ordering::SeqCst), 1);
+}
+
+/// Over HTTP/2, a ready function that returns ends each encoding's stream
+/// with the compressor's trailer: the last DATA frame decodes to no more
+/// events but completes the compressed stream, which the decoder crates'
+/// readers accept whole and refuse without it; the stream ends
+/// `Completed`, not reset.
+#[tokio::test]
+async fn http2_compressed_streams_end_with_their_trailer() {
+    const EVENTS: usize = 5;
+    let ready = |events: EventSender, _ctx: StreamContext| async move {
+        for i in 0..EVENTS {
+            let _ = events.send(json(i)).await;
+        }
+    };
+    let reasons = Arc::new(Mutex::new(Vec::new()));
+    let recorded = reasons.clone();
+    let layer = SseLayer::new(ready)
+        .compression(Compression::default())
+        .on_client_disconnect(move |_ctx, reason| recorded.lock().unwrap().push(reason));
+    let addr = serve(route_in_mode(layer)).await;
+    let client = client(reqwest::Version::HTTP_2);
+    let expected: Vec<u8> = (0..EVENTS)
+        .map(|i| format!("data: {}\r\n\r\n", json(i)))
+        .collect::<String>()
+        .into_bytes();
+    for encoding in ["gzip", "deflate", "br", "zstd"] {
+        let response = request_on(&client, addr, Some(encoding)).await;
+        assert_eq!(response.version(), reqwest::Version::HTTP_2);
+        assert_eq!(header(&response, "content-encoding"), Some(encoding));
+        // Every DATA frame as it came; an error (a reset) fails here.
+        let chunks: Vec<Bytes> = tokio::time::timeout(
+            PATIENCE,
+            response
+                .bytes_stream()
+                .map(|chunk| chunk.expect("the stream failed instead of ending"))
+                .filter(|chunk| futures::future::ready(!chunk.is_empty()))
+                .collect(),
+        )
+        .await
+        .expect("the stream did not end");
+        let (trailer, before) = chunks.split_last().expect("an empty body");
+        let wire = chunks.concat();
+        let whole = decode_whole(encoding, &wire)
+            .unwrap_or_else(|err| panic!("{encoding}: the stream did not end well: {err}"));
+        assert!(
+            whole == expected,
+            "{encoding}: {:.200}",
+            String::from_utf8_lossy(&whole)
+        );
+        // Every event decodes from the frames before the last; the last adds
+        // nothing but the end.
+        let mut decoder = Decoder::new(encoding);
+        let events: Vec<u8> = before
+            .iter()
+            .flat_map(|chunk| decoder.push(chunk))
+            .collect();
+        assert!(
+            events == expected,
+            "{encoding}: events missing before the trailer"
+        );
+        assert_eq!(decoder.push(trailer), b"", "{encoding}");
+        assert!(
+            decode_whole(encoding, &wire[..wire.len() - trailer.len()]).is_err(),
+            "{encoding}: the stream was already complete without its last frame"
+        );
+    }
+    eventually("four callbacks", || reasons.lock().unwrap().len() == 4).await;
+    assert_eq!(
+        *reasons.lock().unwrap(),
+        [tower_sse::DisconnectReason::Completed; 4]
+    );
 }
 
 /// The encoding a request gets, by its `Accept-Encoding`: the
@@ -433,7 +652,7 @@ async fn shutdown_ends_the_compressed_stream_cleanly() {
 #[tokio::test]
 async fn large_events_handed_over_whole_compress_whole() {
     for encoding in ["gzip", "zstd"] {
-        let (mut events, seen, sender) = open_compressed(encoding).await;
+        let (mut events, seen, sender) = open_compressed(encoding, reqwest::Version::HTTP_11).await;
         for i in 0..4 {
             let data: String = (0..70_000 + i * 1_000)
                 .map(|j| char::from(b'a' + (j % 26) as u8))
