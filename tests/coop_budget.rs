@@ -321,3 +321,161 @@ fn a_body_polled_ready_function_sending_elsewhere_still_yields() {
         "the body's poll never returned: {outcome:?}"
     );
 }
+
+// ---------------------------------------------------------------------------
+// A sending loop that ignores `Closed` must still yield once the stream has
+// ended, as with tokio's channels (whose sends spend the budget on a closed
+// channel too): otherwise an aborted ready function task never stops, and a
+// body-polled one never returns from the body's poll.
+// ---------------------------------------------------------------------------
+
+/// A ready function that sends in a loop and ignores every error (as
+/// `let _ = pedestal::send_event(..)` does), counting its turns; `stop` only
+/// lets the test clean up.
+fn ignoring_sender(
+    turns: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+) -> impl Fn(EventSender, StreamContext) -> futures::future::BoxFuture<'static, ()>
++ Clone
++ Send
++ Sync
++ 'static {
+    move |events: EventSender, _ctx: StreamContext| {
+        let (turns, stop) = (turns.clone(), stop.clone());
+        Box::pin(async move {
+            let mut i = 0u64;
+            while !stop.load(SeqCst) {
+                let _ = events.send(i.to_string()).await;
+                i += 1;
+                turns.fetch_add(1, SeqCst);
+            }
+        })
+    }
+}
+
+/// On shutdown the queue closes and the ready function's pending send
+/// completes with `Closed`: a loop that ignores it must still give its
+/// thread back, so that the stream writes the shutdown event and ends, the
+/// ready function is stopped, and `with_graceful_shutdown` returns (README:
+/// "Cancelling the token makes every stream write what is queued, then the
+/// shutdown event, then end cleanly"; RELIABILITY.md: nothing the library
+/// started keeps running). Served on a current-thread runtime, where a loop
+/// that never yields stops everything, for a body-polled ready function
+/// (fixed buffer) and a spawned one (`spawn_ready`, whose task is aborted at
+/// the end, which takes effect only at a yield). Failed on main for the
+/// body-polled one: a send on a closed stream returned at once without
+/// spending tokio's budget, so the loop spun inside the body's poll for good
+/// and `serve` never returned. (The spawned one passed on main: on one
+/// thread the body ends and aborts the task before it runs again; on
+/// several workers the task could be mid-poll when the queue closes.)
+#[test]
+fn a_send_loop_ignoring_closed_lets_shutdown_finish() {
+    for spawn in [false, true] {
+        let mode = if spawn { "spawned" } else { "body-polled" };
+        let stop = Arc::new(AtomicBool::new(false));
+        let _unwedge = StopOnDrop(stop.clone());
+        let turns = Arc::new(AtomicU64::new(0));
+        let token = tower_sse::CancellationToken::new();
+        let mut layer = SseLayer::new(ignoring_sender(turns.clone(), stop.clone()))
+            .buffer(Buffer::fixed(10))
+            .shutdown_on(token.clone())
+            .shutdown_event(tower_sse::Event::new("bye").name("shutdown"));
+        if spawn {
+            layer = layer.spawn_ready();
+        }
+        let app = Router::new().route("/events", get(|| async {}).layer(layer));
+
+        // The server on a current-thread runtime of its own: reports when `serve` returns.
+        let (addr_tx, addr_rx) = std_mpsc::channel();
+        let (served_tx, served_rx) = std_mpsc::channel();
+        let serving = token.clone();
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async move {
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+                addr_tx.send(listener.local_addr().unwrap()).unwrap();
+                let _ = axum::serve(listener, app)
+                    .with_graceful_shutdown(serving.cancelled_owned())
+                    .await;
+                let _ = served_tx.send(());
+            });
+        });
+        let addr: SocketAddr = addr_rx.recv_timeout(PATIENCE).expect("no server");
+
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let received = runtime.block_on(async {
+            let response = tokio::time::timeout(
+                PATIENCE,
+                reqwest::Client::new()
+                    .get(format!("http://{addr}/events"))
+                    .send(),
+            )
+            .await
+            .expect("no response")
+            .unwrap();
+            let mut parsed = eventsource_stream::Eventsource::eventsource(response.bytes_stream());
+            let mut received = Vec::new();
+            // A few events, then the shutdown, then on to the end (bounded).
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+            loop {
+                let next = tokio::time::timeout_at(deadline, futures::StreamExt::next(&mut parsed));
+                match next.await {
+                    Ok(Some(Ok(event))) => {
+                        received.push(event);
+                        if received.len() == 5 {
+                            token.cancel();
+                        }
+                    }
+                    Ok(Some(Err(err))) => panic!("{mode}: the body failed: {err:?}"),
+                    Ok(None) => break Ok(received),
+                    Err(_) => break Err(received),
+                }
+            }
+        });
+        let received = match received {
+            Ok(received) => received,
+            Err(received) => panic!(
+                "{mode}: the stream did not end within 3 s of the shutdown ({} events, \
+                 last {:?}; the ready function turned {} times)",
+                received.len(),
+                received.last().map(|e| (&e.event, &e.data)),
+                turns.load(SeqCst)
+            ),
+        };
+        let last = received.last().expect("no event");
+        assert_eq!(
+            (last.event.as_str(), last.data.as_str()),
+            ("shutdown", "bye"),
+            "{mode}"
+        );
+        let data: Vec<u64> = received[..received.len() - 1]
+            .iter()
+            .map(|e| e.data.parse().unwrap())
+            .collect();
+        assert_eq!(
+            data,
+            (0..data.len() as u64).collect::<Vec<_>>(),
+            "{mode}: every accepted event, in order, before the shutdown event"
+        );
+        assert!(
+            served_rx.recv_timeout(Duration::from_secs(3)).is_ok(),
+            "{mode}: with_graceful_shutdown did not return within 3 s of the shutdown \
+             (the ready function turned {} times)",
+            turns.load(SeqCst)
+        );
+        // Stopped: it turns no more.
+        let before = turns.load(SeqCst);
+        std::thread::sleep(Duration::from_millis(200));
+        assert_eq!(
+            turns.load(SeqCst),
+            before,
+            "{mode}: the ready function still runs after the stream ended"
+        );
+    }
+}

@@ -543,3 +543,338 @@ async fn many_streams_at_once_each_get_their_own_events() {
     eventually("every stream to close", || stats.streams_closed() == 50).await;
     assert_eq!(stats.active_streams(), 0);
 }
+
+/// Panics in user code on one HTTP/2 connection (README: "A panic in the
+/// ready function or in any task or thread holding one of its senders ends
+/// the stream at once (queued events first) with `Panicked`"; RELIABILITY.md:
+/// "other streams and the server go on", and a panicking disconnect callback
+/// is "never propagated into hyper"). Four streams share the connection: a
+/// ready function that panics, a plain thread holding a sender that panics,
+/// one the client cancels (an HTTP/2 `RST_STREAM`) whose callback panics
+/// when called from the body's drop, and a healthy one, which must keep
+/// streaming through all of it; each callback fires once with its reason.
+/// (hyper runs each HTTP/2 stream's body in a task of its own, so this
+/// would not see a panic unwinding into hyper:
+/// `user_panics_never_unwind_into_the_connection_task` does.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn panics_in_user_code_end_only_their_stream_on_a_shared_http2_connection() {
+    let ready = |events: EventSender, ctx: StreamContext| async move {
+        let path = ctx.uri().path().to_owned();
+        let _ = events.send(format!("{path} first")).await;
+        match path.as_str() {
+            "/panic" => {
+                tokio::task::yield_now().await;
+                panic!("the ready function failed");
+            }
+            "/thread" => {
+                let helper = events.clone();
+                std::thread::spawn(move || {
+                    let _ = helper.blocking_send("/thread from the thread");
+                    panic!("the helper thread failed");
+                });
+                // Ends only because the thread's panic closes the stream.
+                events.closed().await;
+                let after = events.send("too late").await;
+                assert!(matches!(after, Err(SendError::Closed)), "{after:?}");
+            }
+            _ => {
+                let mut i = 0u64;
+                while events.send(format!("{path} {i}")).await.is_ok() {
+                    i += 1;
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+        }
+    };
+    let ends: Arc<Mutex<Vec<(String, DisconnectReason)>>> = Arc::default();
+    let seen = ends.clone();
+    let layer = SseLayer::new(ready).on_client_disconnect(move |ctx, reason| {
+        seen.lock()
+            .unwrap()
+            .push((ctx.uri().path().to_owned(), reason));
+        if reason == DisconnectReason::ClientDisconnected {
+            panic!("the disconnect callback failed");
+        }
+    });
+    let stats = layer.stats();
+    let layer = in_mode(layer);
+    let app = Router::new()
+        .route("/panic", get(|| async {}).layer(layer.clone()))
+        .route("/thread", get(|| async {}).layer(layer.clone()))
+        .route("/cancelled", get(|| async {}).layer(layer.clone()))
+        .route("/healthy", get(|| async {}).layer(layer));
+    let addr = serve(app).await;
+    let client = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let open = |path: &'static str| {
+        let client = client.clone();
+        async move {
+            let response =
+                tokio::time::timeout(PATIENCE, client.get(format!("http://{addr}{path}")).send())
+                    .await
+                    .expect("no response")
+                    .unwrap();
+            assert_eq!(response.version(), http::Version::HTTP_2);
+            response
+        }
+    };
+    let mut healthy = events(open("/healthy").await);
+    assert_eq!(
+        next_event(&mut healthy).await.unwrap().data,
+        "/healthy first"
+    );
+    let mut cancelled = events(open("/cancelled").await);
+    assert_eq!(
+        next_event(&mut cancelled).await.unwrap().data,
+        "/cancelled first"
+    );
+
+    // Each panicking stream ends cleanly (no transport error) after what it queued.
+    let panicked = try_events(open("/panic").await).await;
+    assert_eq!(panicked, Ok(vec!["/panic first".to_owned()]));
+    let thread = try_events(open("/thread").await).await;
+    assert_eq!(
+        thread,
+        Ok(vec![
+            "/thread first".to_owned(),
+            "/thread from the thread".to_owned()
+        ])
+    );
+    drop(cancelled);
+    eventually("three ends", || ends.lock().unwrap().len() == 3).await;
+
+    // The healthy stream on the same connection goes on.
+    let before = next_event(&mut healthy).await.unwrap().data;
+    for _ in 0..5 {
+        next_event(&mut healthy)
+            .await
+            .expect("the healthy stream ended");
+    }
+    let after = next_event(&mut healthy).await.unwrap().data;
+    assert!(before != after, "{before} then {after}");
+    // And the connection still opens new streams.
+    let mut fresh = events(open("/healthy").await);
+    assert_eq!(next_event(&mut fresh).await.unwrap().data, "/healthy first");
+    drop((healthy, fresh));
+    eventually("five ends", || ends.lock().unwrap().len() == 5).await;
+
+    let mut ends = ends.lock().unwrap().clone();
+    ends.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(
+        ends,
+        [
+            (
+                "/cancelled".to_owned(),
+                DisconnectReason::ClientDisconnected
+            ),
+            ("/healthy".to_owned(), DisconnectReason::ClientDisconnected),
+            ("/healthy".to_owned(), DisconnectReason::ClientDisconnected),
+            ("/panic".to_owned(), DisconnectReason::Panicked),
+            ("/thread".to_owned(), DisconnectReason::Panicked),
+        ],
+        "each stream's callback once, with its reason"
+    );
+    assert_eq!((stats.streams_opened(), stats.streams_closed()), (5, 5));
+}
+
+/// Every event's data until the body ends, within [`PATIENCE`]; `Err` on a
+/// transport or parse error (a stream reset or cut instead of ended).
+async fn try_events(response: reqwest::Response) -> Result<Vec<String>, String> {
+    use futures::StreamExt;
+    let mut parsed = eventsource_stream::Eventsource::eventsource(response.bytes_stream());
+    let mut data = Vec::new();
+    loop {
+        match tokio::time::timeout(PATIENCE, parsed.next())
+            .await
+            .expect("the stream did not end")
+        {
+            Some(Ok(event)) => data.push(event.data),
+            Some(Err(err)) => return Err(format!("after {data:?}: {err:?}")),
+            None => return Ok(data),
+        }
+    }
+}
+
+/// README: "A `HEAD` request gets the stream's headers and no body; no
+/// stream starts, so nothing is called, called back or counted", whichever
+/// way the stream is opened: a layer whose buffer is chosen per stream by a
+/// function, whose ready function is spawned, and with a `retry` and a
+/// shutdown event to write; and `start_stream` from a handler. (The plain
+/// layer is `regressions::a_head_request_opens_no_stream`.)
+#[cfg(feature = "axum")]
+#[tokio::test]
+async fn a_head_request_starts_nothing_however_the_stream_is_opened() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let buffers = Arc::new(AtomicUsize::new(0));
+    let counted = calls.clone();
+    let ready = move |events: EventSender, _ctx: StreamContext| {
+        counted.fetch_add(1, SeqCst);
+        async move {
+            let _ = events.send("hello").await;
+        }
+    };
+    let made = buffers.clone();
+    let (layer, ends) = recorded(
+        SseLayer::new(ready.clone())
+            .buffer(Buffer::per_stream(move || {
+                made.fetch_add(1, SeqCst);
+                Buffer::sliding(4)
+            }))
+            .spawn_ready()
+            .retry(Duration::from_millis(500))
+            .shutdown_on(tower_sse::CancellationToken::new())
+            .shutdown_event(Event::new("bye")),
+    );
+    let stats = layer.stats();
+    let handler_ready = ready.clone();
+    let handler_ends = ends.clone();
+    let handler = move |ctx: StreamContext| {
+        let ready = handler_ready.clone();
+        let ends = handler_ends.clone();
+        async move {
+            use axum::response::IntoResponse;
+            start_stream(ready, ctx, Duration::from_millis(50), 4)
+                .on_client_disconnect(move |_, reason| ends.lock().unwrap().push(reason))
+                .into_response()
+        }
+    };
+    let app = Router::new()
+        .route("/layer", get(|| async {}).layer(layer))
+        .route("/handler", get(handler));
+    let addr = serve(app).await;
+    let client = reqwest::Client::new();
+    for path in ["/layer", "/handler"] {
+        let head =
+            tokio::time::timeout(PATIENCE, client.head(format!("http://{addr}{path}")).send())
+                .await
+                .expect("no answer to HEAD")
+                .unwrap();
+        assert_eq!(head.status(), 200, "{path}");
+        assert_eq!(
+            head.headers()["content-type"],
+            "text/event-stream; charset=UTF-8",
+            "{path}"
+        );
+        assert!(head.bytes().await.unwrap().is_empty(), "{path}");
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(calls.load(SeqCst), 0, "a ready function ran for HEAD");
+    assert_eq!(buffers.load(SeqCst), 0, "the buffer function ran for HEAD");
+    assert_eq!(*ends.lock().unwrap(), [], "a callback fired for HEAD");
+    assert_eq!((stats.streams_opened(), stats.streams_closed()), (0, 0));
+
+    // The same routes stream for a GET, each calling everything once.
+    for path in ["/layer", "/handler"] {
+        let events = all_events(fetch(addr, path).await).await;
+        assert_eq!(
+            events.iter().map(|e| e.data.as_str()).collect::<Vec<_>>(),
+            ["hello"],
+            "{path}"
+        );
+    }
+    eventually("both ends", || ends.lock().unwrap().len() == 2).await;
+    assert_eq!(calls.load(SeqCst), 2);
+    assert_eq!(buffers.load(SeqCst), 1);
+    assert_eq!(stats.streams_opened(), 1);
+}
+
+/// Serves one connection with hyper in a task of its own, so that the test
+/// sees whether anything unwound into the connection's task.
+async fn serve_one_connection(app: Router) -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let connection = tokio::spawn(async move {
+        let (socket, _) = listener.accept().await.unwrap();
+        let service = hyper_util::service::TowerToHyperService::new(app);
+        // A connection error is fine here (the client left); a panic is not.
+        let _ = hyper::server::conn::http1::Builder::new()
+            .serve_connection(hyper_util::rt::TokioIo::new(socket), service)
+            .await;
+    });
+    (addr, connection)
+}
+
+/// Panics when dropped: a value the ready function's future holds.
+struct PanicOnDrop;
+impl Drop for PanicOnDrop {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            panic!("a user value panicked when dropped");
+        }
+    }
+}
+
+/// RELIABILITY.md: a ready function polled by the body "is polled under
+/// `catch_unwind`, so its panic never unwinds into hyper's connection task",
+/// and "a panic in the disconnect callback is caught and logged with
+/// `tracing`, never propagated into hyper"; `body/ready.rs`: the ready
+/// function's drop is caught too. Each case serves one connection in a task
+/// of its own and checks that task did not panic: a callback panicking when
+/// the body is dropped (the client left), a ready function whose future
+/// panics when dropped (the client left), and one that panics when polled.
+#[tokio::test]
+async fn user_panics_never_unwind_into_the_connection_task() {
+    for case in ["callback", "drop", "poll"] {
+        let ready = move |events: EventSender, _ctx: StreamContext| async move {
+            // Made only where it is to panic (`then_some` would drop one at once).
+            let held = if case == "drop" {
+                Some(PanicOnDrop)
+            } else {
+                None
+            };
+            let _ = events.send("first").await;
+            if case == "poll" {
+                tokio::task::yield_now().await;
+                panic!("the ready function failed");
+            }
+            events.closed().await;
+            drop(held);
+        };
+        let ends: Ends = Arc::default();
+        let seen = ends.clone();
+        let layer = SseLayer::new(ready).on_client_disconnect(move |_, reason| {
+            seen.lock().unwrap().push(reason);
+            if case == "callback" {
+                panic!("the disconnect callback failed");
+            }
+        });
+        let (addr, connection) = serve_one_connection(route_in_mode(layer)).await;
+        let mut socket = tokio::net::TcpStream::connect(addr).await.unwrap();
+        socket
+            .write_all(format!("GET /events HTTP/1.1\r\nHost: {addr}\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !seen.windows(11).any(|w| w == b"data: first") {
+            let n = tokio::time::timeout(PATIENCE, socket.read(&mut buf))
+                .await
+                .expect("nothing to read")
+                .unwrap();
+            assert!(n > 0, "{case}: closed before the first event");
+            seen.extend_from_slice(&buf[..n]);
+        }
+        let expected = if case == "poll" {
+            // The stream ends by itself, cleanly: the last chunk, then the close.
+            tokio::time::timeout(PATIENCE, socket.read_to_end(&mut seen))
+                .await
+                .expect("the stream did not end")
+                .unwrap();
+            assert!(seen.ends_with(b"\r\n0\r\n\r\n"), "{case}: no clean end");
+            DisconnectReason::Panicked
+        } else {
+            drop(socket);
+            DisconnectReason::ClientDisconnected
+        };
+        let joined = tokio::time::timeout(PATIENCE, connection)
+            .await
+            .expect("the connection did not end");
+        assert!(
+            joined.is_ok(),
+            "{case}: a panic unwound into the connection's task: {joined:?}"
+        );
+        assert_eq!(*ends.lock().unwrap(), [expected], "{case}");
+    }
+}

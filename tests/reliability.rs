@@ -419,3 +419,124 @@ async fn heartbeats_keep_a_response_body_timeout_from_firing() {
         "the timeout should have cut the silent stream"
     );
 }
+
+/// Shutdown racing a flood: a ready function and a plain thread both send
+/// as fast as the buffer (8) lets them, to a fast reader, when the token is
+/// cancelled. README: "Cancelling the token makes every stream write what is
+/// queued, then the shutdown event, then end cleanly"; RELIABILITY.md: "on
+/// cancellation each stream stops accepting events, writes what is queued".
+/// So every send that returned `Ok` arrives, in order, before the shutdown
+/// event, and every send after it returns `Closed`: the client's sequence of
+/// each sender is exactly 0..(its accepted sends).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_racing_a_flood_of_sends_delivers_every_accepted_event_then_ends() {
+    let token = CancellationToken::new();
+    // Sends accepted so far, by the ready function and by the thread (counted
+    // as each returns: a spawned ready function is aborted at the end, in
+    // the middle of its loop).
+    let accepted: Arc<[AtomicU64; 2]> = Arc::default();
+    let thread_done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let done = thread_done.clone();
+    let (ends_tx, mut ends_rx) = mpsc::unbounded_channel();
+    let record = accepted.clone();
+    let ready = move |events: EventSender, _ctx: StreamContext| {
+        let (record, done) = (record.clone(), done.clone());
+        async move {
+            let helper = events.clone();
+            let thread_record = record.clone();
+            let done = done.clone();
+            std::thread::spawn(move || {
+                let mut i = 0u64;
+                while helper.blocking_send(format!("t {i}")).is_ok() {
+                    i += 1;
+                    thread_record[1].store(i, SeqCst);
+                }
+                done.store(helper.is_closed(), SeqCst);
+            });
+            let mut i = 0u64;
+            while events.send(format!("r {i}")).await.is_ok() {
+                i += 1;
+                record[0].store(i, SeqCst);
+            }
+        }
+    };
+    let layer = SseLayer::new(ready)
+        .buffer(8)
+        .shutdown_on(token.clone())
+        .shutdown_event(Event::new("bye").name("shutdown"))
+        .on_client_disconnect(move |_, reason| ends_tx.send(reason).unwrap());
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(
+        axum::serve(listener, route_in_mode(layer))
+            .with_graceful_shutdown(token.clone().cancelled_owned())
+            .into_future(),
+    );
+    let response = fetch(addr, "/events").await;
+    // Cancelled while both send, after 2,000 accepted sends (however far the reader is).
+    let counts = accepted.clone();
+    let canceller = token.clone();
+    tokio::spawn(async move {
+        while counts[0].load(SeqCst) + counts[1].load(SeqCst) < 2_000 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        canceller.cancel();
+    });
+    let mut parsed = eventsource_stream::Eventsource::eventsource(response.bytes_stream());
+    let mut received = Vec::new();
+    loop {
+        let next = tokio::time::timeout(PATIENCE, parsed.next())
+            .await
+            .expect("the stream did not end");
+        match next {
+            Some(Ok(event)) => received.push(event),
+            Some(Err(err)) => panic!("the body failed after {} events: {err:?}", received.len()),
+            None => break,
+        }
+    }
+    tokio::time::timeout(PATIENCE, server)
+        .await
+        .expect("serve did not return")
+        .unwrap()
+        .unwrap();
+    eventually("the thread to see Closed", || thread_done.load(SeqCst)).await;
+
+    let (last, events) = received.split_last().expect("no event");
+    assert_eq!(
+        (last.event.as_str(), last.data.as_str()),
+        ("shutdown", "bye")
+    );
+    let mut next: HashMap<&str, u64> = HashMap::new();
+    for event in events {
+        assert_eq!(
+            event.event, "message",
+            "{event:?} before the shutdown event"
+        );
+        let (who, n) = event.data.split_once(' ').unwrap();
+        let who = if who == "t" { "t" } else { "r" };
+        let expected = next.entry(who).or_default();
+        assert_eq!(
+            n.parse::<u64>().unwrap(),
+            *expected,
+            "{who}: a gap or reordering"
+        );
+        *expected += 1;
+    }
+    for (at, who) in ["r", "t"].into_iter().enumerate() {
+        // Bounded: a send that returned `Ok` has had its count stored by now.
+        let delivered = next.get(who).copied().unwrap_or(0);
+        eventually(
+            &format!("{who}: {delivered} events delivered, as many accepted"),
+            || accepted[at].load(SeqCst) == delivered,
+        )
+        .await;
+    }
+    assert_eq!(ends_rx.recv().await, Some(DisconnectReason::Shutdown));
+    assert!(ends_rx.try_recv().is_err(), "a second callback");
+    println!(
+        "shutdown mid-flood: {} events delivered (ready function {}, thread {}), then the shutdown event",
+        events.len(),
+        accepted[0].load(SeqCst),
+        accepted[1].load(SeqCst)
+    );
+}

@@ -58,6 +58,8 @@ impl Queue {
 /// room (with a dropping or sliding buffer, always). Inside a body's poll of
 /// its own ready function (see [`ReadyPoll`]) room is taken without it: that
 /// ready function then fills whole frames, and the body bounds the poll itself.
+/// A send that finds the stream closed spends it everywhere, inside that
+/// poll too: a loop that ignores `Closed` yields.
 ///
 /// Cancel safe: dropped before it completes, it queued nothing, and a slot
 /// it had been granted passes to the next waiting send.
@@ -106,6 +108,16 @@ impl Future for Push<'_> {
                 let removed = this.leave(&mut state);
                 drop(state);
                 drop(removed);
+                // Spent like a send that found room (tokio's channels count a
+                // closed channel as progress too): a loop that ignores
+                // `Closed` still yields, so an aborted task stops and a
+                // body-polled ready function gives the body's poll back.
+                // Inside that poll too, where room is otherwise taken
+                // without the budget.
+                match coop {
+                    Some(coop) => coop.made_progress(),
+                    None => ready!(crate::sync::poll_proceed(cx)).made_progress(),
+                }
                 return Poll::Ready(Err(Rejected::Closed));
             }
             let mut left = None;
