@@ -878,3 +878,45 @@ async fn user_panics_never_unwind_into_the_connection_task() {
         assert_eq!(*ends.lock().unwrap(), [expected], "{case}");
     }
 }
+
+/// The buffer function and a hub's topic selection run in the layer's
+/// service call and response future, as a handler does: a panic there is
+/// the handler's, which tower-http's `CatchPanicLayer` answers with a 500,
+/// and the server goes on serving.
+#[tokio::test]
+async fn a_panicking_buffer_function_or_topic_selection_is_caught_like_a_handlers() {
+    let ready = |events: EventSender, _ctx: StreamContext| async move {
+        let _ = events.send("x").await;
+    };
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counted = calls.clone();
+    let panicking_buffer = SseLayer::new(ready).buffer(move || -> Buffer {
+        counted.fetch_add(1, SeqCst);
+        panic!("buffer function")
+    });
+    let hub = tower_sse::hub::Hub::builder().build();
+    let panicking_select = hub.layer(
+        |_parts: &axum::http::request::Parts| -> Result<Vec<String>, tower_sse::hub::Refusal> {
+            panic!("topic selection")
+        },
+    );
+    let app = Router::new()
+        .route("/buffer", get(|| async {}).layer(panicking_buffer))
+        .route("/hub", get(|| async {}).layer(panicking_select))
+        .route("/ok", get(|| async {}).layer(SseLayer::new(ready)))
+        .layer(tower_http::catch_panic::CatchPanicLayer::new());
+    let addr = serve(app).await;
+    for _ in 0..2 {
+        for path in ["/buffer", "/hub"] {
+            let response = fetch(addr, path).await;
+            assert_eq!(
+                response.status(),
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "{path}"
+            );
+        }
+        assert_eq!(all_events(fetch(addr, "/ok").await).await.len(), 1);
+    }
+    assert_eq!(calls.load(SeqCst), 2);
+    assert_eq!((hub.subscribers(), hub.topics()), (0, 0));
+}
