@@ -118,6 +118,9 @@ impl Proxy {
     }
 }
 
+/// What was published, by entry id: `(topic, data)`.
+type Published = BTreeMap<(u64, u64), (String, String)>;
+
 /// A node whose streams subscribe to the comma-separated topics of the query.
 async fn node(url: &str, prefix: &str, history: usize) -> (Hub, SocketAddr) {
     let topics = |uri: &axum::http::Uri| {
@@ -317,15 +320,15 @@ async fn streams_of_many_topics_resume_on_the_other_node_while_both_publish() {
         starts.push(id);
     }
     let mut first = Vec::new();
-    for s in 0..STREAMS {
+    for (s, start) in starts.iter().enumerate() {
         let addr = if s % 2 == 0 { addr1 } else { addr2 };
-        first.push(open(addr, &topics_of(s).join(","), Some(&starts[s])).await);
+        first.push(open(addr, &topics_of(s).join(","), Some(start)).await);
     }
     subscribed(&hub1, STREAMS / 2).await;
     subscribed(&hub2, STREAMS / 2).await;
 
     // Both nodes publish round the topics at once.
-    let log: Arc<Mutex<BTreeMap<(u64, u64), (String, String)>>> = Arc::default();
+    let log: Arc<Mutex<Published>> = Arc::default();
     let publisher = |hub: Hub, node: usize| {
         let log = log.clone();
         tokio::spawn(async move {
