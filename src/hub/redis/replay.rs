@@ -95,9 +95,6 @@ impl Backend {
         let mut complete = true;
         for name in names {
             let key = self.key(name);
-            if lost_after(&mut conn, &key, after).await? {
-                return Ok(None);
-            }
             let reply: Value = ::redis::cmd("XRANGE")
                 .arg(&key)
                 .arg(format!("({}", format_id(after)))
@@ -106,6 +103,13 @@ impl Backend {
                 .arg(PAGE)
                 .query_async(&mut conn)
                 .await?;
+            // After the read, never before it: removal only goes forward, so
+            // if nothing after `after` is gone now, nothing was gone when the
+            // read was made (checked first, a trim in between would leave a
+            // silent gap).
+            if lost_after(&mut conn, &key, after).await? {
+                return Ok(None);
+            }
             let entries = parse_entries(&reply);
             if entries.len() == PAGE {
                 // A full page: later entries of this topic come in the next round.
