@@ -55,3 +55,47 @@ fn a_stalled_stream_pins_no_event_its_topic_no_longer_keeps() {
         "{pinned} events the topic let go are held by a stalled stream"
     );
 }
+
+/// Review: a resume served from the rings checks that they reach back to
+/// its id, then places the stream's cursors. Events evicted in between (a
+/// publish on another thread) were skipped without a word: the cursor went
+/// to the first event still held. The stream must get a reset instead, as a
+/// resume a moment later would have.
+#[test]
+fn events_evicted_between_the_resume_check_and_the_start_are_not_skipped_silently() {
+    let hub = Hub::builder().history(4).build();
+    let mut subscription = Subscription::new(&hub, &["t"], Resume::Live).unwrap();
+    let publish = |data: &str| block_on(hub.publish("t", Event::new(data))).unwrap();
+    let first = publish("e1");
+    for data in ["e2", "e3", "e4"] {
+        publish(data);
+    }
+    let resume = Resume::After(first.as_str().into());
+    let begun = subscription.begin_local(&resume);
+    assert!(!begun.reset, "e1 is still held: resumable");
+    // Another thread publishes before the stream is placed: e1..e4 go.
+    for data in ["e5", "e6", "e7", "e8"] {
+        publish(data);
+    }
+    subscription.resume = resume;
+    subscription.start(begun);
+    let mut cx = Context::from_waker(noop_waker_ref());
+    let mut out = Vec::new();
+    assert!(
+        subscription
+            .poll_read(&mut cx, usize::MAX, &mut out)
+            .is_ready()
+    );
+    let wire: String = out
+        .iter()
+        .map(|b| String::from_utf8_lossy(b).into_owned())
+        .collect();
+    let delivered_missed = ["e2", "e3", "e4"]
+        .iter()
+        .all(|e| wire.contains(&format!("data: {e}\r\n")));
+    let told = wire.contains(&format!("event: {RESET_EVENT}\r\n"));
+    assert!(
+        delivered_missed || told,
+        "e2..e4 skipped without a reset: {wire:?}"
+    );
+}
