@@ -264,7 +264,7 @@ impl Backend {
             .iter()
             .all(|topic| topic.read().floor.is_some_and(|floor| floor <= after));
         if local {
-            return Begun::live(after);
+            return Begun::from_rings(after);
         }
         self.replay_page(names, topics, after, resume).await
     }

@@ -37,6 +37,10 @@ pub(crate) struct Begun {
     /// next, so that a long replay goes out as it is read.
     #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) more: bool,
+    /// The rings reached back to `after` when checked: they must still when
+    /// the stream is placed in them (a publish on another thread, or this
+    /// node's reader, may have evicted since).
+    pub(crate) from_rings: bool,
 }
 
 /// A stream's place in each of its topics. Dropping it leaves the topics.
@@ -154,6 +158,7 @@ impl Subscription {
             return Ok(subscription);
         }
         let begun = subscription.begin_local(&resume);
+        subscription.resume = resume;
         subscription.start(begun);
         Ok(subscription)
     }
@@ -198,7 +203,7 @@ impl Subscription {
                 .all(|lane| lane.topic.read().floor.is_none_or(|floor| floor <= *key))
         });
         match resumable {
-            Some(key) => Begun::live(key),
+            Some(key) => Begun::from_rings(key),
             None => Begun::reset(live, resume),
         }
     }
@@ -232,14 +237,46 @@ impl Subscription {
             }
             return;
         }
+        if !self.place(begun.after, begun.from_rings) {
+            // Evicted past `after` since checked: what a resume now gets, a
+            // replay of the rest from Redis, or (in memory) a reset.
+            #[cfg(feature = "redis")]
+            if self.hub.inner.redis.is_some() {
+                return self.start(Begun {
+                    more: true,
+                    from_rings: false,
+                    ..begun
+                });
+            }
+            return self.start(Begun::reset(self.live(), &self.resume));
+        }
+        self.first.extend(begun.first);
+    }
+
+    /// Places each lane's cursor after `after`; with `check`, only if every
+    /// ring still reaches back to it (checked under the lock the cursor is
+    /// placed under), otherwise none and false.
+    fn place(&mut self, after: Key, check: bool) -> bool {
         for lane in &mut self.lanes {
             let ring = lane.topic.read();
-            lane.cursor = ring.index_after(begun.after);
+            if check && ring.floor.is_some_and(|floor| floor > after) {
+                return false;
+            }
+            lane.cursor = ring.index_after(after);
             lane.keyless = ring.keyless_before(lane.cursor);
             drop(ring);
             lane.catch_up.clear();
         }
-        self.first.extend(begun.first);
+        true
+    }
+
+    /// Where a stream starting live now starts.
+    fn live(&self) -> Key {
+        #[cfg(feature = "redis")]
+        if self.hub.inner.redis.is_some() {
+            return Topic::complete_in_all(self.lanes.iter().map(|l| &*l.topic));
+        }
+        (self.hub.inner.published.load(Ordering::Acquire), 0)
     }
 
     /// Adds `count` events missed elsewhere (a dropping buffer) to the next
@@ -357,6 +394,7 @@ impl Subscription {
                 first,
                 reset: false,
                 more: false,
+                from_rings: false,
             }
         };
         self.starting = Some(SyncWrapper::new(Box::pin(taking)));
@@ -579,6 +617,16 @@ impl Begun {
             first: Vec::new(),
             reset: false,
             more: false,
+            from_rings: false,
+        }
+    }
+
+    /// Resumed after `after` from the rings, which reached back to it when
+    /// checked.
+    pub(crate) fn from_rings(after: Key) -> Self {
+        Self {
+            from_rings: true,
+            ..Self::live(after)
         }
     }
 
@@ -592,6 +640,7 @@ impl Begun {
             first: first.into_iter().collect(),
             reset: true,
             more: false,
+            from_rings: false,
         }
     }
 }

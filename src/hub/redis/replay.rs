@@ -68,6 +68,7 @@ impl Backend {
                         first,
                         reset: false,
                         more: !(complete && joins),
+                        from_rings: complete && joins,
                     };
                 }
             }
