@@ -30,24 +30,7 @@ use tower_sse::{Event, hub::Hub};
 
 /// A node: its streams subscribe to the comma-separated topics of the query.
 async fn node(url: &str, prefix: &str) -> (Hub, SocketAddr) {
-    node_with_history(url, prefix, 1000).await
-}
-
-/// A node keeping (and trimming Redis to) `history` events per topic.
-async fn node_with_history(url: &str, prefix: &str, history: usize) -> (Hub, SocketAddr) {
-    let topics = |uri: &axum::http::Uri| {
-        let query = uri.query().unwrap_or_default();
-        query.split(',').map(str::to_owned).collect()
-    };
-    redis_node(url, prefix, history, topics).await
-}
-
-async fn open(
-    addr: SocketAddr,
-    topics: &str,
-    last: Option<&str>,
-) -> impl Stream<Item = Received> + Unpin + use<> {
-    events(fetch_resuming(addr, &format!("/events?{topics}"), last).await)
+    query_node(url, prefix, 1000).await
 }
 
 /// `(id, data)` of each event up to and including the one with data `end`
@@ -119,7 +102,7 @@ async fn interleaved_topics_are_delivered_and_resumed_in_entry_id_order_on_every
     // Resuming after `wa` on each node: `wb` shows the node follows both topics.
     let mut live = Vec::new();
     for addr in [addr1, addr2] {
-        let mut stream = open(addr, "a,b", Some(&all[0].0)).await;
+        let mut stream = open_topics(addr, "a,b", Some(&all[0].0)).await;
         assert_eq!(read_until(&mut stream, "wb", 1).await, all[1..2]);
         live.push(stream);
     }
@@ -155,7 +138,7 @@ async fn interleaved_topics_are_delivered_and_resumed_in_entry_id_order_on_every
             .cloned()
             .collect();
         for (n, addr) in [addr1, addr2].into_iter().enumerate() {
-            let mut stream = open(addr, "a,b", Some(last)).await;
+            let mut stream = open_topics(addr, "a,b", Some(last)).await;
             let seen = read_until(&mut stream, "end", 10).await;
             if seen != want {
                 let (seen, want) = (datas(&seen), datas(&want));
@@ -191,7 +174,7 @@ async fn concurrent_publishers_on_two_topics_resume_on_the_other_node_without_lo
     hub1.publish("b", "wb").await.unwrap();
     let mut live = Vec::new();
     for addr in [addr1, addr2] {
-        let mut stream = open(addr, "a,b", Some(&wa)).await;
+        let mut stream = open_topics(addr, "a,b", Some(&wa)).await;
         assert_eq!(datas(&read_until(&mut stream, "wb", 1).await), ["wb"]);
         live.push(stream);
     }
@@ -240,7 +223,7 @@ async fn concurrent_publishers_on_two_topics_resume_on_the_other_node_without_lo
     }
     // Resume on node 2 after every 25th event node 1 delivered.
     for (i, (last, data)) in delivered[0].iter().enumerate().step_by(25) {
-        let mut stream = open(addr2, "a,b", Some(last)).await;
+        let mut stream = open_topics(addr2, "a,b", Some(last)).await;
         let seen = read_until(&mut stream, "end", 3 * EACH).await;
         let want = &delivered[0][i + 1..];
         if data != "end" && seen != want {
@@ -286,7 +269,7 @@ async fn resuming_on_a_node_new_to_the_topic_neither_duplicates_nor_reorders() {
         });
         eventually("events to resume from", || ids.lock().unwrap().len() >= 3).await;
         let first = ids.lock().unwrap()[0].clone();
-        let mut stream = open(addr2, &topic, Some(&first)).await;
+        let mut stream = open_topics(addr2, &topic, Some(&first)).await;
         let seen = read_until(&mut stream, &READ.to_string(), 2 * READ).await;
         publisher.abort();
         let numbers = datas(&seen);
@@ -342,7 +325,7 @@ async fn a_node_stops_reading_topics_nobody_subscribes_to() {
     };
     let mut streams = Vec::new();
     for i in 0..TOPICS {
-        streams.push(open(addr, &format!("idle{i}"), None).await);
+        streams.push(open_topics(addr, &format!("idle{i}"), None).await);
     }
     eventually("the subscriptions", || hub.subscribers() == TOPICS).await;
     // The method works: the node reads all the topics while streams want them.
@@ -373,14 +356,14 @@ async fn a_live_stream_joining_a_new_topic_gets_no_history() {
     let redis = Redis::start().await;
     let prefix = prefix("live-new-topic");
     let (hub, addr) = node(&redis.url, &prefix).await;
-    let mut history = open(addr, "a", None).await;
+    let mut history = open_topics(addr, "a", None).await;
     eventually("the first stream", || hub.subscribers() == 1).await;
     for i in 0..20 {
         hub.publish("a", format!("old {i}")).await.unwrap();
     }
     let old = read_until(&mut history, "old 19", 20).await;
     assert_eq!(old.last().map(|(_, data)| data.as_str()), Some("old 19"));
-    let mut live = open(addr, "a,b", None).await;
+    let mut live = open_topics(addr, "a,b", None).await;
     eventually("the second stream", || hub.subscribers() == 2).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     hub.publish("a", "new").await.unwrap();
@@ -401,8 +384,8 @@ async fn a_thousand_resumes_alternating_between_nodes_deliver_every_event_once_i
     let prefix = prefix("thousand");
     // History enough that however far the client falls behind the
     // publisher, it resumes rather than resets.
-    let (hub1, addr1) = node_with_history(&redis.url, &prefix, 100_000).await;
-    let (_hub2, addr2) = node_with_history(&redis.url, &prefix, 100_000).await;
+    let (hub1, addr1) = query_node(&redis.url, &prefix, 100_000).await;
+    let (_hub2, addr2) = query_node(&redis.url, &prefix, 100_000).await;
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let publisher = {
         let (hub, stop) = (hub1.clone(), stop.clone());
@@ -424,7 +407,7 @@ async fn a_thousand_resumes_alternating_between_nodes_deliver_every_event_once_i
     let mut received: Vec<(String, u64)> = Vec::new();
     for i in 0..resumes {
         let addr = if i % 2 == 0 { addr1 } else { addr2 };
-        let mut stream = open(addr, "a,b", last.as_deref()).await;
+        let mut stream = open_topics(addr, "a,b", last.as_deref()).await;
         for _ in 0..3 {
             let event = tokio::time::timeout(
                 Duration::from_secs(5),

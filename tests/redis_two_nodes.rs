@@ -20,7 +20,6 @@ mod common;
 
 use std::{
     collections::{BTreeMap, HashSet},
-    net::SocketAddr,
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -121,23 +120,6 @@ impl Proxy {
 /// What was published, by entry id: `(topic, data)`.
 type Published = BTreeMap<(u64, u64), (String, String)>;
 
-/// A node whose streams subscribe to the comma-separated topics of the query.
-async fn node(url: &str, prefix: &str, history: usize) -> (Hub, SocketAddr) {
-    let topics = |uri: &axum::http::Uri| {
-        let query = uri.query().unwrap_or_default();
-        query.split(',').map(str::to_owned).collect()
-    };
-    redis_node(url, prefix, history, topics).await
-}
-
-async fn open(
-    addr: SocketAddr,
-    topics: &str,
-    last: Option<&str>,
-) -> impl Stream<Item = Received> + Unpin + use<> {
-    events(fetch_resuming(addr, &format!("/events?{topics}"), last).await)
-}
-
 /// Publishes `datas` on `topic` all at once (concurrent publishes, one
 /// connection): returns `(id, data)` of each, in id order.
 async fn burst(hub: &Hub, topic: &str, datas: Vec<String>) -> Vec<(String, String)> {
@@ -183,8 +165,8 @@ async fn a_resume_racing_a_trim_by_the_other_node_gets_a_reset_or_every_missed_e
     let redis = Redis::start().await;
     let prefix = prefix("resume-trim");
     let proxy = Proxy::start(&redis.url).await;
-    let (hub1, _addr1) = node(&redis.url, &prefix, HISTORY).await;
-    let (_hub2, addr2) = node(&proxy.url, &prefix, HISTORY).await;
+    let (hub1, _addr1) = query_node(&redis.url, &prefix, HISTORY).await;
+    let (_hub2, addr2) = query_node(&proxy.url, &prefix, HISTORY).await;
     let mut published = Vec::new();
     for i in 0..HISTORY {
         let id = hub1.publish("hot", format!("e{i}")).await.unwrap();
@@ -194,7 +176,7 @@ async fn a_resume_racing_a_trim_by_the_other_node_gets_a_reset_or_every_missed_e
     let (last, _) = published[4].clone();
 
     let (replaying, release_replay) = proxy.arm("XRANGE");
-    let client = tokio::spawn(async move { open(addr2, "hot,cold", Some(&last)).await });
+    let client = tokio::spawn(async move { open_topics(addr2, "hot,cold", Some(&last)).await });
     timeout(PATIENCE, replaying)
         .await
         .expect("node 2 never replayed from Redis")
@@ -253,9 +235,9 @@ async fn a_reader_behind_the_trim_announces_every_event_it_missed() {
     let redis = Redis::start().await;
     let prefix = prefix("reader-trim");
     let proxy = Proxy::start(&redis.url).await;
-    let (hub1, _addr1) = node(&redis.url, &prefix, HISTORY).await;
-    let (hub2, addr2) = node(&proxy.url, &prefix, HISTORY).await;
-    let mut stream = open(addr2, "t", None).await;
+    let (hub1, _addr1) = query_node(&redis.url, &prefix, HISTORY).await;
+    let (hub2, addr2) = query_node(&proxy.url, &prefix, HISTORY).await;
+    let mut stream = open_topics(addr2, "t", None).await;
     subscribed(&hub2, 1).await;
     // Node 2 follows `t`: its stream gets what node 1 publishes.
     hub1.publish("t", "w").await.unwrap();
@@ -306,8 +288,8 @@ async fn streams_of_many_topics_resume_on_the_other_node_while_both_publish() {
     const PER_NODE: usize = 600;
     let redis = Redis::start().await;
     let prefix = prefix("many-topics");
-    let (hub1, addr1) = node(&redis.url, &prefix, 1_000).await;
-    let (hub2, addr2) = node(&redis.url, &prefix, 1_000).await;
+    let (hub1, addr1) = query_node(&redis.url, &prefix, 1_000).await;
+    let (hub2, addr2) = query_node(&redis.url, &prefix, 1_000).await;
     let topic = |i: usize| format!("t{}", i % TOPICS);
     // Stream s follows topics s, s+61, s+122, s+183, s+244 (mod 300).
     let topics_of =
@@ -322,7 +304,7 @@ async fn streams_of_many_topics_resume_on_the_other_node_while_both_publish() {
     let mut first = Vec::new();
     for (s, start) in starts.iter().enumerate() {
         let addr = if s % 2 == 0 { addr1 } else { addr2 };
-        first.push(open(addr, &topics_of(s).join(","), Some(start)).await);
+        first.push(open_topics(addr, &topics_of(s).join(","), Some(start)).await);
     }
     subscribed(&hub1, STREAMS / 2).await;
     subscribed(&hub2, STREAMS / 2).await;
@@ -373,7 +355,7 @@ async fn streams_of_many_topics_resume_on_the_other_node_while_both_publish() {
         let topics = topics_of(s);
         async move {
             let last = got.last().unwrap().0.clone();
-            let mut stream = open(addr, &topics.join(","), Some(&last)).await;
+            let mut stream = open_topics(addr, &topics.join(","), Some(&last)).await;
             // Five `end`s, one per topic, close the stream's events.
             let mut rest = Vec::new();
             let mut ends = 0;

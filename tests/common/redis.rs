@@ -11,7 +11,7 @@ use std::{
 use axum::{Router, routing::get};
 use tower_sse::{Buffer, hub::Hub};
 
-use super::{hub_layer, serve};
+use super::{events, fetch_resuming, hub_layer, serve};
 
 /// The Redis under test: `REDIS_URL`, or a `redis-server` of the test's own.
 pub struct Redis {
@@ -94,4 +94,24 @@ pub async fn redis_node(
         .route("/events", get(|| async {}).layer(layer.clone()))
         .route("/events/{topic}", get(|| async {}).layer(layer));
     (hub, serve(app).await)
+}
+
+/// A [`redis_node`] whose streams subscribe to the comma-separated topics of
+/// the query (`/events?a,b`).
+pub async fn query_node(url: &str, prefix: &str, history: usize) -> (Hub, SocketAddr) {
+    let topics = |uri: &axum::http::Uri| {
+        let query = uri.query().unwrap_or_default();
+        query.split(',').map(str::to_owned).collect()
+    };
+    redis_node(url, prefix, history, topics).await
+}
+
+/// A stream of a [`query_node`]'s `topics` (comma-separated), resuming after
+/// `last` when given.
+pub async fn open_topics(
+    addr: SocketAddr,
+    topics: &str,
+    last: Option<&str>,
+) -> impl futures::Stream<Item = eventsource_stream::Event> + Unpin + use<> {
+    events(fetch_resuming(addr, &format!("/events?{topics}"), last).await)
 }
