@@ -268,13 +268,7 @@ async fn shutdown_ends_every_stream_and_lets_serve_return() {
         .shutdown_on(token.clone())
         .shutdown_event(Event::default().retry(Duration::from_secs(5)))
         .on_client_disconnect(move |_, reason| ends_tx.send(reason).unwrap());
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let server = tokio::spawn(
-        axum::serve(listener, route_in_mode(layer))
-            .with_graceful_shutdown(token.clone().cancelled_owned())
-            .into_future(),
-    );
+    let (addr, server) = serve_until_shutdown(layer, &token).await;
     let mut clients = Vec::new();
     for n in 0..STREAMS {
         let path = if n % 2 == 0 {
@@ -465,13 +459,7 @@ async fn shutdown_racing_a_flood_of_sends_delivers_every_accepted_event_then_end
         .shutdown_on(token.clone())
         .shutdown_event(Event::new("bye").name("shutdown"))
         .on_client_disconnect(move |_, reason| ends_tx.send(reason).unwrap());
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let server = tokio::spawn(
-        axum::serve(listener, route_in_mode(layer))
-            .with_graceful_shutdown(token.clone().cancelled_owned())
-            .into_future(),
-    );
+    let (addr, server) = serve_until_shutdown(layer, &token).await;
     let response = fetch(addr, "/events").await;
     // Cancelled while both send, after 2,000 accepted sends (however far the reader is).
     let counts = accepted.clone();
@@ -539,4 +527,23 @@ async fn shutdown_racing_a_flood_of_sends_delivers_every_accepted_event_then_end
         accepted[0].load(SeqCst),
         accepted[1].load(SeqCst)
     );
+}
+
+/// Serves `layer` (in the test's mode) until `token` is cancelled, with
+/// axum's graceful shutdown: the handle completes when `serve` returns.
+async fn serve_until_shutdown(
+    layer: SseLayer,
+    token: &CancellationToken,
+) -> (
+    std::net::SocketAddr,
+    tokio::task::JoinHandle<std::io::Result<()>>,
+) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(
+        axum::serve(listener, route_in_mode(layer))
+            .with_graceful_shutdown(token.clone().cancelled_owned())
+            .into_future(),
+    );
+    (addr, server)
 }
